@@ -1,0 +1,247 @@
+//! The shape of the TOML configuration file, as serde reads it.
+//!
+//! Every struct here rejects unknown keys so that a typo is an error, not a
+//! silently ignored setting. Semantic checks (names, globs, addresses) live in
+//! `validate.rs`; this file only says what keys exist and their defaults.
+//! Every key is documented in docs/configuration.md.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The admin HTTP listener (metrics, health, readiness).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Where our own certificate, key and trust bundle come from.
+    pub identity: IdentityConfig,
+    /// Listeners that terminate mTLS and forward to a local backend.
+    #[serde(default)]
+    pub inbound: Vec<InboundConfig>,
+    /// Loopback listeners that originate mTLS to an upstream.
+    #[serde(default)]
+    pub outbound: Vec<OutboundConfig>,
+    /// Process-wide shutdown behaviour.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[admin]`: the admin HTTP endpoint.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener; loopback by default.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// Set to false to run without an admin listener.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            enabled: true,
+        }
+    }
+}
+
+/// `[identity]`: the source of our own certificate.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "source", rename_all = "lowercase", deny_unknown_fields)]
+pub enum IdentityConfig {
+    /// PEM files on disk, watched for changes.
+    Files(FilesIdentity),
+}
+
+/// `[identity] source = "files"`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FilesIdentity {
+    /// PEM file with our certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with our private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// PEM file with the CA certificates we trust for peers.
+    pub trust_bundle: PathBuf,
+    /// PEM or DER certificate revocation lists checked for peer chains.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// Reload the files when they change on disk.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+}
+
+/// The lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only (default).
+    #[serde(rename = "1.3")]
+    #[default]
+    Tls13,
+}
+
+/// The PROXY protocol header sent to the backend.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// PROXY protocol version 2 with the peer identity in TLVs.
+    #[serde(rename = "v2")]
+    V2,
+}
+
+/// `[[inbound]]`: terminate mTLS, authorize, forward to a local backend.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Unique listener name, used in logs and metric labels.
+    pub name: String,
+    /// Address to accept TLS on.
+    pub listen: SocketAddr,
+    /// `host:port` of the service behind the proxy.
+    pub backend: String,
+    /// Allow rules: a peer is admitted when any rule matches.
+    #[serde(default)]
+    pub allow: Vec<AllowRule>,
+    /// Admit every peer whose chain verifies; must be written explicitly.
+    #[serde(default)]
+    pub allow_any_authenticated: bool,
+    /// Lowest TLS version accepted.
+    #[serde(default)]
+    pub tls_min_version: TlsVersion,
+    /// Send a PROXY protocol header to the backend.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Time allowed for the TLS handshake.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Time allowed to connect to the backend.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A connection with no bytes in either direction for this long is closed.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most connections open at once; further ones are closed at accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+/// `[[outbound]]`: accept plaintext on loopback, originate mTLS upstream.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Unique listener name, used in logs and metric labels.
+    pub name: String,
+    /// Loopback address the local service connects to.
+    pub listen: SocketAddr,
+    /// `host:port` of the mTLS upstream.
+    pub upstream: String,
+    /// TLS server name (SNI) to send; defaults to the upstream host when it is a DNS name.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Identity the upstream must present; same fields as an allow rule.
+    pub expect: AllowRule,
+    /// Permit a non-loopback `listen` address (plaintext leaves the host).
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+    /// Lowest TLS version offered.
+    #[serde(default)]
+    pub tls_min_version: TlsVersion,
+    /// Time allowed for connect plus TLS handshake to the upstream.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Time allowed for the TCP connect to the upstream.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A connection with no bytes in either direction for this long is closed.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most connections open at once; further ones are closed at accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+/// One allow rule (or an outbound expectation). Every field named must match.
+///
+/// Values are exact strings or simple globs (see docs/configuration.md).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRule {
+    /// The peer's SPIFFE ID.
+    pub spiffe_id: Option<String>,
+    /// Any DNS SAN.
+    pub dns: Option<String>,
+    /// Any URI SAN.
+    pub uri: Option<String>,
+    /// Any IP SAN: an address or a CIDR block.
+    pub ip: Option<String>,
+    /// Any email SAN.
+    pub email: Option<String>,
+    /// Subject common name.
+    pub cn: Option<String>,
+    /// Any subject organization.
+    pub o: Option<String>,
+    /// Any subject organizational unit.
+    pub ou: Option<String>,
+    /// Issuer distinguished name, as `cert inspect` prints it.
+    pub issuer: Option<String>,
+    /// Serial number, lowercase hex without separators.
+    pub serial: Option<String>,
+    /// Custom extensions: dotted OID to expected value.
+    #[serde(default)]
+    pub extensions: BTreeMap<String, String>,
+}
+
+/// `[shutdown]`: what happens on SIGTERM/SIGINT.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long live connections may run after the listeners close.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}

@@ -1,0 +1,249 @@
+//! Semantic checks on a parsed configuration: names, addresses, rules.
+//!
+//! Each check appends a `ConfigError` with the key path; nothing stops at the
+//! first problem. File contents (certificates, keys) are checked later, when
+//! the runtime objects are built, because they can change without the config.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+
+use super::schema::{AllowRule, Config, IdentityConfig};
+use super::ConfigError;
+use crate::identity::policy::{Policy, Rule};
+
+/// Longest listener name; names are metric label values.
+const MAX_NAME_LEN: usize = 64;
+
+pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
+    let mut errors = Errors::default();
+    let mut names: HashMap<&str, String> = HashMap::new();
+    let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+
+    if config.admin.enabled {
+        addresses.insert(config.admin.listen, "admin.listen".into());
+    }
+    if config.inbound.is_empty() && config.outbound.is_empty() {
+        errors.push(
+            "(file)",
+            "no [[inbound]] or [[outbound]] listener is configured",
+        );
+    }
+    match &config.identity {
+        IdentityConfig::Files(files) => {
+            for (key, path) in [
+                ("identity.cert", &files.cert),
+                ("identity.key", &files.key),
+                ("identity.trust_bundle", &files.trust_bundle),
+            ] {
+                if path.as_os_str().is_empty() {
+                    errors.push(key, "path is empty");
+                }
+            }
+        }
+    }
+
+    for (i, inbound) in config.inbound.iter().enumerate() {
+        let at = format!("inbound[{i}]");
+        check_name(&mut errors, &mut names, &at, &inbound.name);
+        check_listen(&mut errors, &mut addresses, &at, inbound.listen);
+        check_host_port(&mut errors, &format!("{at}.backend"), &inbound.backend);
+        check_timeouts(
+            &mut errors,
+            &at,
+            &[
+                ("handshake_timeout", inbound.handshake_timeout),
+                ("connect_timeout", inbound.connect_timeout),
+                ("idle_timeout", inbound.idle_timeout),
+            ],
+        );
+        if inbound.max_connections == 0 {
+            errors.push(format!("{at}.max_connections"), "must be at least 1");
+        }
+        if let Err(rule_errors) = Policy::compile(&inbound.allow, inbound.allow_any_authenticated)
+        {
+            for (rule, e) in rule_errors {
+                errors.push(format!("{at}.allow[{rule}].{}", e.field), e.reason);
+            }
+        }
+        match (inbound.allow.is_empty(), inbound.allow_any_authenticated) {
+            (true, false) => errors.push(
+                format!("{at}.allow"),
+                "no allow rules: this listener would deny every peer; add an \
+                 [[inbound.allow]] rule, or allow_any_authenticated = true",
+            ),
+            (false, true) => errors.push(
+                format!("{at}.allow_any_authenticated"),
+                "is true, so the allow rules would never be consulted; remove one or the other",
+            ),
+            _ => {}
+        }
+    }
+
+    for (i, outbound) in config.outbound.iter().enumerate() {
+        let at = format!("outbound[{i}]");
+        check_name(&mut errors, &mut names, &at, &outbound.name);
+        check_listen(&mut errors, &mut addresses, &at, outbound.listen);
+        if !outbound.listen.ip().is_loopback() && !outbound.allow_non_loopback {
+            errors.push(
+                format!("{at}.listen"),
+                format!(
+                    "{} is not a loopback address: plaintext would be accepted from the network; \
+                     use 127.0.0.1, or set allow_non_loopback = true",
+                    outbound.listen
+                ),
+            );
+        }
+        let host = check_host_port(&mut errors, &format!("{at}.upstream"), &outbound.upstream);
+        match &outbound.server_name {
+            Some(name) => {
+                if ServerName::try_from(name.as_str()).is_err() {
+                    errors.push(
+                        format!("{at}.server_name"),
+                        format!("{name:?} is not a valid DNS name or IP address"),
+                    );
+                }
+            }
+            None => {
+                if let Some(host) = host {
+                    if ServerName::try_from(host.as_str()).is_err() {
+                        errors.push(
+                            format!("{at}.upstream"),
+                            format!("host {host:?} is not a valid TLS server name; set server_name"),
+                        );
+                    }
+                }
+            }
+        }
+        check_timeouts(
+            &mut errors,
+            &at,
+            &[
+                ("handshake_timeout", outbound.handshake_timeout),
+                ("connect_timeout", outbound.connect_timeout),
+                ("idle_timeout", outbound.idle_timeout),
+            ],
+        );
+        if outbound.max_connections == 0 {
+            errors.push(format!("{at}.max_connections"), "must be at least 1");
+        }
+        check_expect(&mut errors, &format!("{at}.expect"), &outbound.expect);
+    }
+    errors.0
+}
+
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+fn check_name<'a>(
+    errors: &mut Errors,
+    seen: &mut HashMap<&'a str, String>,
+    at: &str,
+    name: &'a str,
+) {
+    let key = format!("{at}.name");
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        errors.push(&key, format!("must be 1 to {MAX_NAME_LEN} characters"));
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        errors.push(
+            &key,
+            format!("{name:?} may only contain letters, digits, '-' and '_'"),
+        );
+    }
+    if let Some(first) = seen.insert(name, at.to_string()) {
+        errors.push(&key, format!("{name:?} is already used by {first}"));
+    }
+}
+
+fn check_listen(
+    errors: &mut Errors,
+    seen: &mut HashMap<SocketAddr, String>,
+    at: &str,
+    listen: SocketAddr,
+) {
+    if listen.port() == 0 {
+        errors.push(format!("{at}.listen"), "port 0 is not allowed; name a port");
+    }
+    let key = format!("{at}.listen");
+    if let Some(first) = seen.insert(listen, key.clone()) {
+        errors.push(key, format!("{listen} is already used by {first}"));
+    }
+}
+
+/// Check `host:port` (host may be a DNS name, IPv4, or `[IPv6]`); returns the host.
+fn check_host_port(errors: &mut Errors, key: &str, value: &str) -> Option<String> {
+    match split_host_port(value) {
+        Ok((host, _port)) => Some(host),
+        Err(reason) => {
+            errors.push(key, format!("{value:?}: {reason}"));
+            None
+        }
+    }
+}
+
+/// Split `host:port`, `[v6]:port`. Used by the proxy to dial, too.
+pub fn split_host_port(value: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| "missing ']' after IPv6 address".to_string())?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| "expected host:port".to_string())?;
+        (host, port)
+    } else {
+        value
+            .rsplit_once(':')
+            .ok_or_else(|| "expected host:port".to_string())?
+    };
+    if host.is_empty() {
+        return Err("host is empty".into());
+    }
+    if host.contains(':') && !value.starts_with('[') {
+        return Err("write IPv6 addresses as [addr]:port".into());
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("port {port:?} is not a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err("port 0 is not allowed".into());
+    }
+    Ok((host.to_string(), port))
+}
+
+fn check_timeouts(errors: &mut Errors, at: &str, timeouts: &[(&str, Duration)]) {
+    for (name, value) in timeouts {
+        if value.is_zero() {
+            errors.push(format!("{at}.{name}"), "must be greater than zero");
+        }
+    }
+}
+
+fn check_expect(errors: &mut Errors, key: &str, expect: &AllowRule) {
+    if let Err(rule_errors) = Rule::compile(expect) {
+        for e in rule_errors {
+            let reason = if e.field == "(rule)" {
+                "names no identity field: say which upstream identity to expect, \
+                 e.g. expect = { spiffe_id = \"spiffe://example.org/ns/pay/sa/payments\" }"
+                    .to_string()
+            } else {
+                e.reason
+            };
+            errors.push(format!("{key}.{}", e.field).replace(".(rule)", ""), reason);
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Who the peer is and whether it may talk to us: SPIFFE IDs, identity
+//! fields read from a verified certificate, globs and the allow policy.
+
+pub mod glob;
+pub mod peer;
+pub mod policy;
+pub mod spiffe;
+
+pub use peer::PeerIdentity;
+pub use policy::{Decision, Policy};
+pub use spiffe::SpiffeId;
