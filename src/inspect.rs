@@ -182,7 +182,7 @@ pub fn render_text(summaries: &[CertSummary], now: i64) -> String {
 }
 
 /// Summarize one DER certificate; the error is a human-readable reason.
-fn summarize_der(der: &[u8]) -> Result<CertSummary, String> {
+pub fn summarize_der(der: &[u8]) -> Result<CertSummary, String> {
     let (rest, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
     if !rest.is_empty() {
         return Err(format!(

@@ -1,1 +1,72 @@
-fn main(){}
+//! The `portcullis` binary: parse the command line, dispatch into the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use portcullis::cli::{CertCommand, Cli, Command};
+use portcullis::runtime;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    runtime::logging::init(cli.log_format, cli.log_level.as_deref());
+    match cli.command {
+        Command::Run { config } => {
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(runtime::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { config } => {
+            match portcullis::config::load(&config)
+                .and_then(|c| runtime::prepare(c, &config).map(|_| ()))
+            {
+                Ok(()) => {
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprint!("{errors}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Cert {
+            command: CertCommand::Inspect { file, json },
+        } => match portcullis::inspect::inspect_file(&file) {
+            Ok(summaries) if json => match serde_json::to_string_pretty(&summaries) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Ok(summaries) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                print!("{}", portcullis::inspect::render_text(&summaries, now));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -62,8 +62,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
         if inbound.max_connections == 0 {
             errors.push(format!("{at}.max_connections"), "must be at least 1");
         }
-        if let Err(rule_errors) = Policy::compile(&inbound.allow, inbound.allow_any_authenticated)
-        {
+        if let Err(rule_errors) = Policy::compile(&inbound.allow, inbound.allow_any_authenticated) {
             for (rule, e) in rule_errors {
                 errors.push(format!("{at}.allow[{rule}].{}", e.field), e.reason);
             }
@@ -111,7 +110,9 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
                     if ServerName::try_from(host.as_str()).is_err() {
                         errors.push(
                             format!("{at}.upstream"),
-                            format!("host {host:?} is not a valid TLS server name; set server_name"),
+                            format!(
+                                "host {host:?} is not a valid TLS server name; set server_name"
+                            ),
                         );
                     }
                 }

@@ -203,9 +203,7 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{
-        CertificateParams, CustomExtension, DistinguishedName, DnType, KeyPair, SanType,
-    };
+    use rcgen::{CertificateParams, CustomExtension, DistinguishedName, DnType, KeyPair, SanType};
 
     fn cert_der(params: CertificateParams) -> Vec<u8> {
         let key = KeyPair::generate().unwrap();
@@ -221,7 +219,11 @@ mod tests {
         dn.push(DnType::OrganizationalUnitName, "sre");
         params.distinguished_name = dn;
         params.subject_alt_names = vec![
-            SanType::URI("spiffe://example.org/ns/web/sa/frontend".try_into().unwrap()),
+            SanType::URI(
+                "spiffe://example.org/ns/web/sa/frontend"
+                    .try_into()
+                    .unwrap(),
+            ),
             SanType::DnsName("web.example.org".try_into().unwrap()),
             SanType::IpAddress("10.1.2.3".parse().unwrap()),
             SanType::Rfc822Name("ops@example.org".try_into().unwrap()),
@@ -229,7 +231,10 @@ mod tests {
         params.serial_number = Some(vec![0x01, 0xab].into());
         // A UTF8String role, and a SEQUENCE of two strings.
         params.custom_extensions = vec![
-            CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 99999, 1], vec![0x0c, 0x05, b'a', b'd', b'm', b'i', b'n']),
+            CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 4, 1, 99999, 1],
+                vec![0x0c, 0x05, b'a', b'd', b'm', b'i', b'n'],
+            ),
             CustomExtension::from_oid_content(
                 &[1, 3, 6, 1, 4, 1, 99999, 2],
                 vec![0x30, 0x06, 0x0c, 0x01, b'x', 0x0c, 0x01, b'y'],
@@ -275,8 +280,9 @@ mod tests {
     #[test]
     fn invalid_spiffe_uri_is_not_a_spiffe_id() {
         let mut params = CertificateParams::default();
-        params.subject_alt_names =
-            vec![SanType::URI("spiffe://Example.org/a/../b".try_into().unwrap())];
+        params.subject_alt_names = vec![SanType::URI(
+            "spiffe://Example.org/a/../b".try_into().unwrap(),
+        )];
         let id = PeerIdentity::from_der(&cert_der(params), &[]).unwrap();
         assert_eq!(id.spiffe_id, None);
     }

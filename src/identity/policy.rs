@@ -410,7 +410,9 @@ impl IpPattern {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -514,14 +516,23 @@ mod tests {
     #[test]
     fn mismatches_deny_with_reason() {
         let cases = [
-            (rule(|r| r.spiffe_id = Some("spiffe://example.org/ns/pay/*".into())), "spiffe_id"),
-            (rule(|r| r.spiffe_id = Some("spiffe://other.org/ns/web/sa/frontend".into())), "spiffe_id"),
+            (
+                rule(|r| r.spiffe_id = Some("spiffe://example.org/ns/pay/*".into())),
+                "spiffe_id",
+            ),
+            (
+                rule(|r| r.spiffe_id = Some("spiffe://other.org/ns/web/sa/frontend".into())),
+                "spiffe_id",
+            ),
             (rule(|r| r.ip = Some("192.168.0.0/16".into())), "ip"),
             (rule(|r| r.dns = Some("*.example.org".into())), "dns"),
             (rule(|r| r.serial = Some("ff".into())), "serial"),
-            (rule(|r| {
-                r.extensions.insert("1.2.3.4".into(), "root".into());
-            }), "extension 1.2.3.4"),
+            (
+                rule(|r| {
+                    r.extensions.insert("1.2.3.4".into(), "root".into());
+                }),
+                "extension 1.2.3.4",
+            ),
         ];
         for (r, field) in cases {
             let p = Policy::compile(std::slice::from_ref(&r), false).unwrap();
@@ -537,7 +548,9 @@ mod tests {
         let mut p = peer();
         p.spiffe_id = None;
         let policy = Policy::compile(
-            &[rule(|r| r.spiffe_id = Some("spiffe://example.org/ns/web/*".into()))],
+            &[rule(|r| {
+                r.spiffe_id = Some("spiffe://example.org/ns/web/*".into())
+            })],
             false,
         )
         .unwrap();
@@ -561,7 +574,10 @@ mod tests {
             }),
         ];
         for r in bad {
-            assert!(Policy::compile(std::slice::from_ref(&r), false).is_err(), "{r:?}");
+            assert!(
+                Policy::compile(std::slice::from_ref(&r), false).is_err(),
+                "{r:?}"
+            );
         }
     }
 
@@ -575,6 +591,8 @@ mod tests {
         assert!(all.contains("1.2.3.4".parse().unwrap()));
         let v6 = IpPattern::parse("fd00::/8").unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
-        assert!(IpPattern::parse("::1").unwrap().contains("::1".parse().unwrap()));
+        assert!(IpPattern::parse("::1")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
     }
 }

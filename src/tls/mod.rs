@@ -1,1 +1,126 @@
-//! tls
+//! TLS plumbing: the swappable identity store, the certificate resolver
+//! that reads from it, verifiers that authenticate and authorize peers, and
+//! the rustls server/client configs built from them.
+
+pub mod store;
+pub mod verify;
+
+use std::sync::Arc;
+
+use rustls::client::ResolvesClientCert;
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, ServerConfig, SignatureScheme, SupportedProtocolVersion};
+
+use crate::config::TlsVersion;
+use crate::identity::policy::{Policy, Rule};
+
+pub use store::{default_provider, IdentityStore, TlsMaterial};
+pub use verify::{record_handshake, HandshakeRecord, InboundVerifier, OutboundVerifier};
+
+/// Presents whatever certificate the identity store holds at handshake time.
+#[derive(Debug)]
+pub struct StoreResolver(Arc<IdentityStore>);
+
+impl StoreResolver {
+    /// A resolver reading from `store`.
+    pub fn new(store: Arc<IdentityStore>) -> Self {
+        StoreResolver(store)
+    }
+}
+
+impl ResolvesServerCert for StoreResolver {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current().certified_key.clone())
+    }
+}
+
+impl ResolvesClientCert for StoreResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current().certified_key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn versions(min: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {
+    static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    static TLS12_AND_13: &[&SupportedProtocolVersion] =
+        &[&rustls::version::TLS13, &rustls::version::TLS12];
+    match min {
+        TlsVersion::Tls13 => TLS13_ONLY,
+        TlsVersion::Tls12 => TLS12_AND_13,
+    }
+}
+
+/// The server config of an inbound listener: client certificate required,
+/// verified and authorized by `policy` inside the handshake.
+pub fn inbound_server_config(
+    store: &Arc<IdentityStore>,
+    policy: Arc<Policy>,
+    min_version: TlsVersion,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let verifier = Arc::new(InboundVerifier::new(store.clone(), policy));
+    let mut config = ServerConfig::builder_with_provider(store.provider().clone())
+        .with_protocol_versions(versions(min_version))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(StoreResolver::new(store.clone())));
+    // A resumed session skips client certificate verification, and so would
+    // skip a policy or trust bundle changed since the session began. Every
+    // inbound handshake is a full one.
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// The client config of an outbound listener: presents our certificate and
+/// admits only an upstream matching `expect`.
+pub fn outbound_client_config(
+    store: &Arc<IdentityStore>,
+    expect: Arc<Rule>,
+    min_version: TlsVersion,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let verifier = Arc::new(OutboundVerifier::new(store.clone(), expect));
+    let config = ClientConfig::builder_with_provider(store.provider().clone())
+        .with_protocol_versions(versions(min_version))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(StoreResolver::new(store.clone())));
+    Ok(Arc::new(config))
+}
+
+/// A bounded label for why a TLS handshake failed, from the error that
+/// tokio-rustls returned (used for the `result` label and in logs).
+pub fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError as C, Error as E};
+    let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return match error.kind() {
+            std::io::ErrorKind::UnexpectedEof => "peer_closed",
+            std::io::ErrorKind::InvalidData => "protocol_error",
+            _ => "io_error",
+        };
+    };
+    match tls {
+        E::InvalidCertificate(C::ApplicationVerificationFailure) => "access_denied",
+        E::InvalidCertificate(C::UnknownIssuer) => "unknown_ca",
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "cert_expired",
+        E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "cert_not_yet_valid"
+        }
+        E::InvalidCertificate(C::Revoked) => "cert_revoked",
+        E::InvalidCertificate(_) => "bad_certificate",
+        E::NoCertificatesPresented => "no_client_cert",
+        E::AlertReceived(_) => "alert_received",
+        E::PeerIncompatible(_) => "incompatible",
+        _ => "protocol_error",
+    }
+}

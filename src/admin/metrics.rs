@@ -1,0 +1,230 @@
+//! Metric definitions. The names and labels are part of portcullis's
+//! interface (docs/metrics.md); change them only with a migration note.
+//!
+//! Every label set is bounded: listener names come from the config, results
+//! and reasons from fixed lists, certificate labels from our own (small)
+//! chain and trust bundle. Nothing is labelled per peer or per connection.
+
+use prometheus::{
+    exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric portcullis exports, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `portcullis_build_info{version}`: always 1.
+    pub build_info: IntGaugeVec,
+    /// `portcullis_tls_handshakes_total{listener,direction,result}`.
+    pub handshakes: IntCounterVec,
+    /// `portcullis_tls_handshake_duration_seconds{listener,direction}`.
+    pub handshake_duration: HistogramVec,
+    /// `portcullis_authz_decisions_total{listener,decision}`.
+    pub authz_decisions: IntCounterVec,
+    /// `portcullis_connections_open{listener,direction}`.
+    pub connections_open: IntGaugeVec,
+    /// `portcullis_connections_total{listener,direction}`: accepted connections.
+    pub connections_total: IntCounterVec,
+    /// `portcullis_connection_errors_total{listener,direction,reason}`.
+    pub connection_errors: IntCounterVec,
+    /// `portcullis_bytes_total{listener,direction}`: direction is `upstream` (client to server) or `downstream`.
+    pub bytes: IntCounterVec,
+    /// `portcullis_cert_expiration_timestamp_seconds{role,subject,serial,spiffe_id}`.
+    pub cert_expiration: GaugeVec,
+    /// `portcullis_cert_not_before_timestamp_seconds{role,subject,serial,spiffe_id}`.
+    pub cert_not_before: GaugeVec,
+    /// `portcullis_cert_rotations_total{result}`: new own certificates installed or refused.
+    pub cert_rotations: IntCounterVec,
+    /// `portcullis_config_reloads_total{result}`.
+    pub config_reloads: IntCounterVec,
+    /// `portcullis_config_last_reload_success_timestamp_seconds`.
+    pub config_last_reload_success: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Bounded reasons for `portcullis_connection_errors_total`.
+pub mod reason {
+    /// The listener was at `max_connections`.
+    pub const MAX_CONNECTIONS: &str = "max_connections";
+    /// The backend or upstream could not be reached.
+    pub const CONNECT_FAILED: &str = "connect_failed";
+    /// The TLS handshake failed or was denied.
+    pub const HANDSHAKE_FAILED: &str = "handshake_failed";
+    /// Writing the PROXY header failed.
+    pub const PROXY_HEADER: &str = "proxy_header";
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let build_info = IntGaugeVec::new(
+            Opts::new("portcullis_build_info", "Build information; always 1."),
+            &["version"],
+        )?;
+        let handshakes = IntCounterVec::new(
+            Opts::new(
+                "portcullis_tls_handshakes_total",
+                "TLS handshakes by listener, direction and result (success or a bounded error reason).",
+            ),
+            &["listener", "direction", "result"],
+        )?;
+        let handshake_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_tls_handshake_duration_seconds",
+                "Duration of completed and failed TLS handshakes.",
+            )
+            .buckets(exponential_buckets(0.0005, 2.0, 14)?),
+            &["listener", "direction"],
+        )?;
+        let authz_decisions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_authz_decisions_total",
+                "Authorization decisions on peer identities.",
+            ),
+            &["listener", "decision"],
+        )?;
+        let connections_open = IntGaugeVec::new(
+            Opts::new("portcullis_connections_open", "Connections open now."),
+            &["listener", "direction"],
+        )?;
+        let connections_total = IntCounterVec::new(
+            Opts::new("portcullis_connections_total", "Connections accepted."),
+            &["listener", "direction"],
+        )?;
+        let connection_errors = IntCounterVec::new(
+            Opts::new(
+                "portcullis_connection_errors_total",
+                "Connections that ended in an error, by bounded reason.",
+            ),
+            &["listener", "direction", "reason"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "portcullis_bytes_total",
+                "Bytes forwarded; direction is upstream (client to server) or downstream.",
+            ),
+            &["listener", "direction"],
+        )?;
+        let cert_labels = ["role", "subject", "serial", "spiffe_id"];
+        let cert_expiration = GaugeVec::new(
+            Opts::new(
+                "portcullis_cert_expiration_timestamp_seconds",
+                "notAfter of our own certificates and trust bundle, as a Unix timestamp.",
+            ),
+            &cert_labels,
+        )?;
+        let cert_not_before = GaugeVec::new(
+            Opts::new(
+                "portcullis_cert_not_before_timestamp_seconds",
+                "notBefore of our own certificates and trust bundle, as a Unix timestamp.",
+            ),
+            &cert_labels,
+        )?;
+        let cert_rotations = IntCounterVec::new(
+            Opts::new(
+                "portcullis_cert_rotations_total",
+                "New own certificates installed (success) or refused (failure).",
+            ),
+            &["result"],
+        )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "portcullis_config_reloads_total",
+                "Configuration reloads by result.",
+            ),
+            &["result"],
+        )?;
+        let config_last_reload_success = IntGauge::new(
+            "portcullis_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully, as a Unix timestamp.",
+        )?;
+        registry.register(Box::new(build_info.clone()))?;
+        registry.register(Box::new(handshakes.clone()))?;
+        registry.register(Box::new(handshake_duration.clone()))?;
+        registry.register(Box::new(authz_decisions.clone()))?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_total.clone()))?;
+        registry.register(Box::new(connection_errors.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(cert_expiration.clone()))?;
+        registry.register(Box::new(cert_not_before.clone()))?;
+        registry.register(Box::new(cert_rotations.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(config_last_reload_success.clone()))?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Ok(Metrics {
+            registry,
+            build_info,
+            handshakes,
+            handshake_duration,
+            authz_decisions,
+            connections_open,
+            connections_total,
+            connection_errors,
+            bytes,
+            cert_expiration,
+            cert_not_before,
+            cert_rotations,
+            config_reloads,
+            config_last_reload_success,
+        })
+    }
+
+    /// The registry, for encoding or adding collectors.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Everything in Prometheus text exposition format.
+    pub fn encode(&self) -> Result<String, prometheus::Error> {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+impl Metrics {
+    /// Replace the certificate gauges with our current chain (leaf first,
+    /// then intermediates) and trust bundle. Old series are removed so a
+    /// rotated-out certificate does not linger.
+    pub fn set_own_certs(
+        &self,
+        chain: &[rustls_pki_types::CertificateDer<'_>],
+        trust_bundle: &[rustls_pki_types::CertificateDer<'_>],
+    ) {
+        self.cert_expiration.reset();
+        self.cert_not_before.reset();
+        let roles = chain
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (if i == 0 { "leaf" } else { "intermediate" }, c))
+            .chain(trust_bundle.iter().map(|c| ("trust", c)));
+        for (role, der) in roles {
+            let Ok(summary) = crate::inspect::summarize_der(der) else {
+                continue;
+            };
+            let spiffe = summary.spiffe_id.as_deref().unwrap_or("");
+            let labels = [
+                role,
+                summary.subject.as_str(),
+                summary.serial.as_str(),
+                spiffe,
+            ];
+            self.cert_expiration
+                .with_label_values(&labels)
+                .set(summary.not_after as f64);
+            self.cert_not_before
+                .with_label_values(&labels)
+                .set(summary.not_before as f64);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The admin HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Plain HTTP/1.1 on a loopback address by default. Only GET is served;
+//! everything else is 404/405 with a one-line reason.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::UnixTime;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::Metrics;
+use crate::tls::IdentityStore;
+
+/// What the admin endpoint reports on.
+#[derive(Debug)]
+pub struct AdminState {
+    /// Metrics to expose.
+    pub metrics: Metrics,
+    /// Our identity, for readiness.
+    pub store: Arc<IdentityStore>,
+    /// Set once every listener is bound.
+    pub listeners_bound: AtomicBool,
+}
+
+impl AdminState {
+    /// Ready when every listener is bound and our certificate is valid now.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.listeners_bound.load(Ordering::Acquire) {
+            return Err("listeners are not bound yet".into());
+        }
+        let material = self.store.current();
+        if !material.leaf_is_valid(UnixTime::now()) {
+            return Err(format!(
+                "own certificate expired at {} (unix time)",
+                material.leaf_not_after
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Serve admin requests on `listener` until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, &req)) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET is supported\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => match state.metrics.encode() {
+            Ok(body) => {
+                let mut response = text(StatusCode::OK, body);
+                response.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static(
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    ),
+                );
+                response
+            }
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => match state.readiness() {
+            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Err(reason) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {reason}\n"),
+            ),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics /healthz /readyz\n".into(),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}

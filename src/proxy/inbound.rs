@@ -1,0 +1,285 @@
+//! Inbound: terminate mTLS, authorize the peer inside the handshake, connect
+//! the local backend, optionally send a PROXY v2 header, then pipe bytes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+use tokio_rustls::TlsAcceptor;
+
+use super::pipe::pipe;
+use super::proxy_protocol::{encode_v2, TlsPeerInfo};
+use super::{ConnectionContext, Direction};
+use crate::admin::metrics::reason;
+use crate::config::{InboundConfig, ProxyProtocol};
+use crate::identity::Decision;
+use crate::tls::{handshake_failure_reason, record_handshake, HandshakeRecord};
+
+/// The settings of one inbound listener that a connection reads once, at accept.
+pub struct InboundSettings {
+    /// Listener name.
+    pub name: Arc<str>,
+    /// `host:port` of the backend.
+    pub backend: String,
+    /// TLS acceptor with this listener's policy built in.
+    pub acceptor: TlsAcceptor,
+    /// Limit on the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Limit on connecting to the backend.
+    pub connect_timeout: Duration,
+    /// Idle limit on the established connection.
+    pub idle_timeout: Duration,
+    /// PROXY header to send, if any.
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+impl InboundSettings {
+    /// Settings from a validated config and a TLS acceptor.
+    pub fn new(config: &InboundConfig, acceptor: TlsAcceptor) -> Self {
+        InboundSettings {
+            name: config.name.as_str().into(),
+            backend: config.backend.clone(),
+            acceptor,
+            handshake_timeout: config.handshake_timeout,
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+            proxy_protocol: config.proxy_protocol,
+        }
+    }
+}
+
+/// Serve one accepted inbound connection to the end.
+pub async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    settings: Arc<InboundSettings>,
+    ctx: ConnectionContext,
+) {
+    let name = &*settings.name;
+    let direction = Direction::Inbound.as_str();
+    let metrics = &ctx.metrics;
+    metrics
+        .connections_total
+        .with_label_values(&[name, direction])
+        .inc();
+    let open = metrics
+        .connections_open
+        .with_label_values(&[name, direction]);
+    open.inc();
+    let _open_guard = scopeguard(move || open.dec());
+    let started = Instant::now();
+    let local = stream.local_addr().ok();
+
+    let (handshake, record) = record_handshake(timeout(
+        settings.handshake_timeout,
+        settings.acceptor.accept(stream),
+    ))
+    .await;
+    metrics
+        .handshake_duration
+        .with_label_values(&[name, direction])
+        .observe(started.elapsed().as_secs_f64());
+    count_decision(&ctx, name, &record);
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            let result = handshake_failure_reason(&error);
+            handshake_failed(&ctx, name, peer, result, &error.to_string(), &record);
+            return;
+        }
+        Err(_) => {
+            handshake_failed(
+                &ctx,
+                name,
+                peer,
+                "timeout",
+                "no handshake within handshake_timeout",
+                &record,
+            );
+            return;
+        }
+    };
+    metrics
+        .handshakes
+        .with_label_values(&[name, direction, "success"])
+        .inc();
+    let identity = record.identity.clone();
+    let peer_name = identity
+        .as_ref()
+        .map(|i| i.display_name())
+        .unwrap_or_default();
+
+    let backend = match timeout(
+        settings.connect_timeout,
+        TcpStream::connect(&settings.backend),
+    )
+    .await
+    {
+        Ok(Ok(backend)) => backend,
+        Ok(Err(error)) => {
+            backend_failed(
+                &ctx,
+                name,
+                peer,
+                &peer_name,
+                &settings.backend,
+                &error.to_string(),
+                tls,
+            )
+            .await;
+            return;
+        }
+        Err(_) => {
+            backend_failed(
+                &ctx,
+                name,
+                peer,
+                &peer_name,
+                &settings.backend,
+                "connect timed out",
+                tls,
+            )
+            .await;
+            return;
+        }
+    };
+    let _ = backend.set_nodelay(true);
+    let mut backend = backend;
+
+    if settings.proxy_protocol == Some(ProxyProtocol::V2) {
+        let (_, conn) = tls.get_ref();
+        let version = conn.protocol_version().map(|v| match v {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            _ => "TLS",
+        });
+        let info = TlsPeerInfo {
+            tls_version: version,
+            common_name: identity.as_ref().and_then(|i| i.cn.as_deref()),
+            spiffe_id: identity
+                .as_ref()
+                .and_then(|i| i.spiffe_id.as_ref())
+                .map(|s| s.as_str()),
+            sni: conn.server_name(),
+        };
+        let destination = local.unwrap_or(peer);
+        let written = match encode_v2(peer, destination, &info) {
+            Ok(header) => backend.write_all(&header).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = written {
+            metrics
+                .connection_errors
+                .with_label_values(&[name, direction, reason::PROXY_HEADER])
+                .inc();
+            tracing::warn!(listener = name, %peer, peer_identity = %peer_name, %error, "cannot send PROXY header to backend; closing");
+            return;
+        }
+    }
+
+    let up = metrics.bytes.with_label_values(&[name, "upstream"]);
+    let down = metrics.bytes.with_label_values(&[name, "downstream"]);
+    let on_bytes = move |u: u64, d: u64| {
+        up.inc_by(u);
+        down.inc_by(d);
+    };
+    let outcome = pipe(
+        tls,
+        backend,
+        settings.idle_timeout,
+        ctx.force_close.cancelled(),
+        &on_bytes,
+    )
+    .await;
+    tracing::info!(
+        listener = name,
+        %peer,
+        peer_identity = %peer_name,
+        decision = "allow",
+        bytes_up = outcome.upstream_bytes,
+        bytes_down = outcome.downstream_bytes,
+        duration_ms = started.elapsed().as_millis() as u64,
+        close = %outcome.reason,
+        "connection closed"
+    );
+}
+
+/// Count the authorization decision the verifier made, if it made one.
+pub(crate) fn count_decision(ctx: &ConnectionContext, name: &str, record: &HandshakeRecord) {
+    let decision = match &record.decision {
+        Some(Decision::Allow { .. }) => "allow",
+        Some(Decision::Deny { .. }) => "deny",
+        None => return,
+    };
+    ctx.metrics
+        .authz_decisions
+        .with_label_values(&[name, decision])
+        .inc();
+}
+
+fn handshake_failed(
+    ctx: &ConnectionContext,
+    name: &str,
+    peer: SocketAddr,
+    result: &'static str,
+    error: &str,
+    record: &HandshakeRecord,
+) {
+    let direction = Direction::Inbound.as_str();
+    ctx.metrics
+        .handshakes
+        .with_label_values(&[name, direction, result])
+        .inc();
+    ctx.metrics
+        .connection_errors
+        .with_label_values(&[name, direction, reason::HANDSHAKE_FAILED])
+        .inc();
+    let identity = record
+        .identity
+        .as_ref()
+        .map(|i| i.display_name())
+        .unwrap_or_default();
+    match &record.decision {
+        Some(Decision::Deny { reason }) => {
+            tracing::warn!(listener = name, %peer, peer_identity = %identity, decision = "deny", %reason, "peer denied");
+        }
+        _ => {
+            let detail = record.chain_error.as_deref().unwrap_or(error);
+            tracing::warn!(listener = name, %peer, result, reason = %detail, "TLS handshake failed");
+        }
+    }
+}
+
+async fn backend_failed(
+    ctx: &ConnectionContext,
+    name: &str,
+    peer: SocketAddr,
+    peer_name: &str,
+    backend: &str,
+    error: &str,
+    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+) {
+    ctx.metrics
+        .connection_errors
+        .with_label_values(&[name, Direction::Inbound.as_str(), reason::CONNECT_FAILED])
+        .inc();
+    tracing::warn!(listener = name, %peer, peer_identity = %peer_name, backend, %error, "backend unreachable; closing client connection");
+    // Close cleanly: the client sees close_notify and EOF, not a reset.
+    let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
+}
+
+/// Runs `f` when dropped, so gauges are decremented on every exit path.
+pub(crate) fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

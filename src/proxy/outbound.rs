@@ -1,0 +1,216 @@
+//! Outbound: accept plaintext from the local service on loopback, dial the
+//! upstream, originate mTLS with our certificate, check the upstream is who
+//! the config expects, then pipe bytes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+use tokio_rustls::TlsConnector;
+
+use super::inbound::{count_decision, scopeguard};
+use super::pipe::pipe;
+use super::{ConnectionContext, Direction};
+use crate::admin::metrics::reason;
+use crate::config::{split_host_port, OutboundConfig};
+use crate::identity::Decision;
+use crate::tls::{handshake_failure_reason, record_handshake};
+
+/// The settings of one outbound listener that a connection reads once, at accept.
+pub struct OutboundSettings {
+    /// Listener name.
+    pub name: Arc<str>,
+    /// `host:port` of the upstream.
+    pub upstream: String,
+    /// SNI sent to the upstream.
+    pub server_name: ServerName<'static>,
+    /// TLS connector with this listener's expectation built in.
+    pub connector: TlsConnector,
+    /// Limit on the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Limit on the TCP connect.
+    pub connect_timeout: Duration,
+    /// Idle limit on the established connection.
+    pub idle_timeout: Duration,
+}
+
+impl OutboundSettings {
+    /// Settings from a validated config and a TLS connector.
+    pub fn new(config: &OutboundConfig, connector: TlsConnector) -> Result<Self, String> {
+        let host = match &config.server_name {
+            Some(name) => name.clone(),
+            None => split_host_port(&config.upstream)?.0,
+        };
+        let server_name = ServerName::try_from(host.clone())
+            .map_err(|_| format!("{host:?} is not a valid TLS server name"))?;
+        Ok(OutboundSettings {
+            name: config.name.as_str().into(),
+            upstream: config.upstream.clone(),
+            server_name,
+            connector,
+            handshake_timeout: config.handshake_timeout,
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+        })
+    }
+}
+
+/// Serve one accepted outbound connection to the end.
+pub async fn handle(
+    client: TcpStream,
+    peer: SocketAddr,
+    settings: Arc<OutboundSettings>,
+    ctx: ConnectionContext,
+) {
+    let name = &*settings.name;
+    let direction = Direction::Outbound.as_str();
+    let metrics = &ctx.metrics;
+    metrics
+        .connections_total
+        .with_label_values(&[name, direction])
+        .inc();
+    let open = metrics
+        .connections_open
+        .with_label_values(&[name, direction]);
+    open.inc();
+    let _open_guard = scopeguard(move || open.dec());
+    let started = Instant::now();
+
+    let upstream = match timeout(
+        settings.connect_timeout,
+        TcpStream::connect(&settings.upstream),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            upstream_failed(&ctx, name, peer, &settings.upstream, &error.to_string());
+            return;
+        }
+        Err(_) => {
+            upstream_failed(&ctx, name, peer, &settings.upstream, "connect timed out");
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+
+    let handshake_started = Instant::now();
+    let (handshake, record) = record_handshake(timeout(
+        settings.handshake_timeout,
+        settings
+            .connector
+            .connect(settings.server_name.clone(), upstream),
+    ))
+    .await;
+    metrics
+        .handshake_duration
+        .with_label_values(&[name, direction])
+        .observe(handshake_started.elapsed().as_secs_f64());
+    count_decision(&ctx, name, &record);
+    let identity = record
+        .identity
+        .as_ref()
+        .map(|i| i.display_name())
+        .unwrap_or_default();
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            let result = handshake_failure_reason(&error);
+            let detail = match (&record.decision, &record.chain_error) {
+                (Some(Decision::Deny { reason }), _) => reason.clone(),
+                (_, Some(chain)) => chain.clone(),
+                _ => error.to_string(),
+            };
+            handshake_failed(
+                &ctx,
+                name,
+                peer,
+                &settings.upstream,
+                result,
+                &identity,
+                &detail,
+            );
+            return;
+        }
+        Err(_) => {
+            handshake_failed(
+                &ctx,
+                name,
+                peer,
+                &settings.upstream,
+                "timeout",
+                &identity,
+                "no handshake within handshake_timeout",
+            );
+            return;
+        }
+    };
+    metrics
+        .handshakes
+        .with_label_values(&[name, direction, "success"])
+        .inc();
+
+    let up = metrics.bytes.with_label_values(&[name, "upstream"]);
+    let down = metrics.bytes.with_label_values(&[name, "downstream"]);
+    let on_bytes = move |u: u64, d: u64| {
+        up.inc_by(u);
+        down.inc_by(d);
+    };
+    let outcome = pipe(
+        client,
+        tls,
+        settings.idle_timeout,
+        ctx.force_close.cancelled(),
+        &on_bytes,
+    )
+    .await;
+    tracing::info!(
+        listener = name,
+        %peer,
+        upstream = %settings.upstream,
+        peer_identity = %identity,
+        bytes_up = outcome.upstream_bytes,
+        bytes_down = outcome.downstream_bytes,
+        duration_ms = started.elapsed().as_millis() as u64,
+        close = %outcome.reason,
+        "connection closed"
+    );
+}
+
+fn upstream_failed(
+    ctx: &ConnectionContext,
+    name: &str,
+    peer: SocketAddr,
+    upstream: &str,
+    error: &str,
+) {
+    ctx.metrics
+        .connection_errors
+        .with_label_values(&[name, Direction::Outbound.as_str(), reason::CONNECT_FAILED])
+        .inc();
+    tracing::warn!(listener = name, %peer, upstream, %error, "upstream unreachable; closing client connection");
+}
+
+fn handshake_failed(
+    ctx: &ConnectionContext,
+    name: &str,
+    peer: SocketAddr,
+    upstream: &str,
+    result: &'static str,
+    identity: &str,
+    reason_text: &str,
+) {
+    let direction = Direction::Outbound.as_str();
+    ctx.metrics
+        .handshakes
+        .with_label_values(&[name, direction, result])
+        .inc();
+    ctx.metrics
+        .connection_errors
+        .with_label_values(&[name, direction, reason::HANDSHAKE_FAILED])
+        .inc();
+    tracing::warn!(listener = name, %peer, upstream, peer_identity = %identity, result, reason = %reason_text, "upstream TLS handshake failed; closing client connection");
+}

@@ -1,0 +1,169 @@
+//! The identity store: our current certificate, key and trust material behind
+//! one `ArcSwap`.
+//!
+//! Every rustls config built by portcullis reads its certificate and trust
+//! anchors from here at handshake time, so installing new credentials takes
+//! effect on the next handshake and never touches live connections. New
+//! material is fully validated before it is installed; a bad update leaves
+//! the old material in force.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use webpki::OwnedCertRevocationList;
+
+use crate::certs::{CertError, Credentials};
+
+/// One consistent set of identity and trust material.
+pub struct TlsMaterial {
+    /// Our chain and signing key, as rustls presents them.
+    pub certified_key: Arc<CertifiedKey>,
+    /// The trust bundle as trust anchors.
+    pub roots: Arc<RootCertStore>,
+    /// The trust bundle as loaded (for metrics and `/certs`).
+    pub trust_bundle: Vec<CertificateDer<'static>>,
+    /// Revocation lists, parsed.
+    pub crls: Vec<webpki::CertRevocationList<'static>>,
+    /// Chain verifier for inbound client certificates (trust bundle + CRLs).
+    pub client_chain_verifier: Arc<dyn ClientCertVerifier>,
+    /// Our leaf's expiry, seconds since the Unix epoch.
+    pub leaf_not_after: i64,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("chain_len", &self.certified_key.cert.len())
+            .field("trust_anchors", &self.roots.len())
+            .field("crls", &self.crls.len())
+            .field("leaf_not_after", &self.leaf_not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsMaterial {
+    /// Validate credentials and build the rustls objects from them.
+    pub fn build(
+        credentials: Credentials,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, CertError> {
+        let Credentials {
+            chain,
+            key,
+            trust_bundle,
+            crls,
+        } = credentials;
+        let leaf = chain.first().ok_or_else(|| CertError::Invalid {
+            what: "certificate chain".into(),
+            reason: "is empty".into(),
+        })?;
+        let leaf_not_after = leaf_not_after(leaf)?;
+        let certified_key =
+            CertifiedKey::from_der(chain, key, provider).map_err(|e| CertError::Invalid {
+                what: "certificate and key".into(),
+                reason: format!("{e} (is the key the one the certificate was issued for?)"),
+            })?;
+        let mut roots = RootCertStore::empty();
+        for (index, cert) in trust_bundle.iter().enumerate() {
+            roots.add(cert.clone()).map_err(|e| CertError::Invalid {
+                what: format!("trust bundle certificate #{}", index + 1),
+                reason: e.to_string(),
+            })?;
+        }
+        let roots = Arc::new(roots);
+        let parsed_crls = parse_crls(&crls)?;
+        let mut builder =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .allow_unknown_revocation_status();
+        if !crls.is_empty() {
+            builder = builder.with_crls(crls);
+        }
+        let client_chain_verifier = builder.build().map_err(|e| CertError::Invalid {
+            what: "trust bundle".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(TlsMaterial {
+            certified_key: Arc::new(certified_key),
+            roots,
+            trust_bundle,
+            crls: parsed_crls,
+            client_chain_verifier,
+            leaf_not_after,
+        })
+    }
+
+    /// True while our leaf certificate has not expired.
+    pub fn leaf_is_valid(&self, now: UnixTime) -> bool {
+        i64::try_from(now.as_secs()).is_ok_and(|now| now <= self.leaf_not_after)
+    }
+}
+
+fn leaf_not_after(leaf: &CertificateDer<'_>) -> Result<i64, CertError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| CertError::Invalid {
+        what: "leaf certificate".into(),
+        reason: format!("does not parse: {e}"),
+    })?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+fn parse_crls(
+    crls: &[CertificateRevocationListDer<'static>],
+) -> Result<Vec<webpki::CertRevocationList<'static>>, CertError> {
+    crls.iter()
+        .enumerate()
+        .map(|(index, der)| {
+            OwnedCertRevocationList::from_der(der)
+                .map(webpki::CertRevocationList::from)
+                .map_err(|e| CertError::Invalid {
+                    what: format!("CRL #{}", index + 1),
+                    reason: format!("{e:?}"),
+                })
+        })
+        .collect()
+}
+
+/// The current `TlsMaterial`, swappable without locks.
+#[derive(Debug)]
+pub struct IdentityStore {
+    current: ArcSwap<TlsMaterial>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl IdentityStore {
+    /// A store holding `material`.
+    pub fn new(material: TlsMaterial, provider: Arc<CryptoProvider>) -> Self {
+        IdentityStore {
+            current: ArcSwap::from_pointee(material),
+            provider,
+        }
+    }
+
+    /// The material in force now (one atomic load).
+    pub fn current(&self) -> Arc<TlsMaterial> {
+        self.current.load_full()
+    }
+
+    /// The crypto provider every config uses.
+    pub fn provider(&self) -> &Arc<CryptoProvider> {
+        &self.provider
+    }
+
+    /// Validate and install new credentials; on error the old ones stay.
+    pub fn install(&self, credentials: Credentials) -> Result<Arc<TlsMaterial>, CertError> {
+        let material = Arc::new(TlsMaterial::build(credentials, &self.provider)?);
+        self.current.store(material.clone());
+        Ok(material)
+    }
+}
+
+/// The crypto provider portcullis uses everywhere.
+pub fn default_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
