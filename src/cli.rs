@@ -41,6 +41,9 @@ pub enum Command {
         /// Configuration file (TOML).
         #[arg(short, long)]
         config: PathBuf,
+        /// Check the configuration only; do not read the certificate, key and CRL files it names.
+        #[arg(long)]
+        no_files: bool,
     },
     /// Certificate tools.
     Cert {

@@ -1,0 +1,553 @@
+//! Shared test harness: a throwaway PKI made with rcgen, the real
+//! `portcullis` binary started on loopback ports, backends, and rustls
+//! clients. Every test talks to the proxy over real sockets.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use time::{Duration as TimeDuration, OffsetDateTime};
+
+/// The trust domain used by test certificates.
+pub const TD: &str = "example.org";
+
+/// A certificate authority (root, or intermediate under a root).
+pub struct Ca {
+    pub params: CertificateParams,
+    pub key: KeyPair,
+    pub cert_pem: String,
+    pub cert_der: CertificateDer<'static>,
+    /// PEM of the CA chain above and including this CA, excluding the root.
+    pub chain_pem: String,
+}
+
+impl Ca {
+    /// A self-signed root CA.
+    pub fn root(cn: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = OffsetDateTime::now_utc() - TimeDuration::days(1);
+        params.not_after = OffsetDateTime::now_utc() + TimeDuration::days(365);
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            params,
+            key,
+            chain_pem: String::new(),
+        }
+    }
+
+    /// An intermediate CA signed by `self`.
+    pub fn intermediate(&self, cn: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = OffsetDateTime::now_utc() - TimeDuration::days(1);
+        params.not_after = OffsetDateTime::now_utc() + TimeDuration::days(180);
+        let cert = params.signed_by(&key, &self.issuer()).unwrap();
+        Ca {
+            chain_pem: format!("{}{}", cert.pem(), self.chain_pem),
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            params,
+            key,
+        }
+    }
+
+    fn issuer(&self) -> Issuer<'_, &KeyPair> {
+        Issuer::from_params(&self.params, &self.key)
+    }
+
+    /// Issue a leaf certificate.
+    pub fn issue(&self, spec: &Leaf) -> Issued {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        if let Some(cn) = &spec.cn {
+            name.push(DnType::CommonName, cn.as_str());
+        }
+        if let Some(o) = &spec.o {
+            name.push(DnType::OrganizationName, o.as_str());
+        }
+        if let Some(ou) = &spec.ou {
+            name.push(DnType::OrganizationalUnitName, ou.as_str());
+        }
+        params.distinguished_name = name;
+        for uri in &spec.uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.as_str().try_into().unwrap()));
+        }
+        for dns in &spec.dns {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(dns.as_str().try_into().unwrap()));
+        }
+        for ip in &spec.ips {
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress(ip.parse().unwrap()));
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now + spec.not_before_offset;
+        params.not_after = now + spec.not_after_offset;
+        params.serial_number = spec
+            .serial
+            .map(|s| SerialNumber::from_slice(&s.to_be_bytes()));
+        let cert = params.signed_by(&key, &self.issuer()).unwrap();
+        Issued {
+            chain_pem: format!("{}{}", cert.pem(), self.chain_pem),
+            cert_der: cert.der().clone(),
+            key_pem: key.serialize_pem(),
+            key_der: key.serialize_der(),
+        }
+    }
+
+    /// A CRL signed by this CA revoking `serials`.
+    pub fn crl(&self, serials: &[u64]) -> String {
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - TimeDuration::minutes(1),
+            next_update: now + TimeDuration::days(1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&s.to_be_bytes()),
+                    revocation_time: now - TimeDuration::minutes(1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer()).unwrap().pem().unwrap()
+    }
+}
+
+fn dn(cn: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, cn);
+    name
+}
+
+/// What to put in a leaf certificate.
+#[derive(Clone)]
+pub struct Leaf {
+    pub uris: Vec<String>,
+    pub dns: Vec<String>,
+    pub ips: Vec<String>,
+    pub cn: Option<String>,
+    pub o: Option<String>,
+    pub ou: Option<String>,
+    pub serial: Option<u64>,
+    pub not_before_offset: TimeDuration,
+    pub not_after_offset: TimeDuration,
+}
+
+impl Default for Leaf {
+    fn default() -> Self {
+        Leaf {
+            uris: vec![],
+            dns: vec![],
+            ips: vec![],
+            cn: None,
+            o: None,
+            ou: None,
+            serial: None,
+            not_before_offset: TimeDuration::minutes(-5),
+            not_after_offset: TimeDuration::hours(1),
+        }
+    }
+}
+
+impl Leaf {
+    /// A workload certificate with one SPIFFE ID, e.g. `spiffe("ns/web/sa/frontend")`.
+    pub fn spiffe(path: &str) -> Leaf {
+        Leaf {
+            uris: vec![format!("spiffe://{TD}/{path}")],
+            ..Leaf::default()
+        }
+    }
+}
+
+/// An issued leaf.
+pub struct Issued {
+    pub chain_pem: String,
+    pub cert_der: CertificateDer<'static>,
+    pub key_pem: String,
+    pub key_der: Vec<u8>,
+}
+
+impl Issued {
+    /// Write `name.crt` and `name.key` (0600) into `dir`; returns their paths.
+    pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&cert, &self.chain_pem).unwrap();
+        write_private(&key, &self.key_pem);
+        (cert, key)
+    }
+}
+
+/// Write a file readable by the owner only.
+pub fn write_private(path: &Path, contents: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A test PKI: root, intermediate, and a directory to write files into.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub root: Ca,
+    pub intermediate: Ca,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let root = Ca::root("Test Root CA");
+        let intermediate = root.intermediate("Test Intermediate CA");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bundle.crt"), &root.cert_pem).unwrap();
+        Pki {
+            dir,
+            root,
+            intermediate,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The trust bundle file (the root).
+    pub fn bundle(&self) -> PathBuf {
+        self.path("bundle.crt")
+    }
+
+    /// Issue from the intermediate and write `name.crt`/`name.key`.
+    pub fn issue_files(&self, name: &str, spec: &Leaf) -> (Issued, PathBuf, PathBuf) {
+        let issued = self.intermediate.issue(spec);
+        let (cert, key) = issued.write(self.dir.path(), name);
+        (issued, cert, key)
+    }
+
+    /// The `[identity]` section for a proxy whose cert is `name.crt`.
+    pub fn identity_toml(&self, name: &str) -> String {
+        format!(
+            "[identity]\nsource = \"files\"\ncert = {:?}\nkey = {:?}\ntrust_bundle = {:?}\n",
+            self.path(&format!("{name}.crt")),
+            self.path(&format!("{name}.key")),
+            self.bundle()
+        )
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `portcullis` process; killed on drop.
+pub struct Proxy {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+    pub config_path: PathBuf,
+}
+
+/// Path of the binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis")
+}
+
+impl Proxy {
+    /// Start `portcullis run` with `config` (an `[admin]` section is added)
+    /// and wait until `/readyz` answers 200.
+    pub fn start(dir: &Path, config: &str) -> Proxy {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let text = format!("[admin]\nlisten = \"{admin}\"\n\n{config}");
+        let config_path = dir.join(format!("portcullis-{}.toml", admin.port()));
+        std::fs::write(&config_path, text).unwrap();
+        let mut child = Command::new(binary())
+            .args(["run", "-c"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
+            }
+        });
+        let mut proxy = Proxy {
+            child,
+            admin,
+            log,
+            config_path,
+        };
+        proxy.wait_ready();
+        proxy
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("portcullis exited early ({status}); log:\n{}", self.logs());
+            }
+            if let Ok((200, _)) = http_get(self.admin, "/readyz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        panic!("portcullis not ready in 15s; log:\n{}", self.logs());
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait until the log contains `needle` (true) or `timeout` passes (false).
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").unwrap().1
+    }
+
+    /// Send SIGTERM.
+    pub fn terminate(&self) {
+        unsafe_kill(self.child.id(), "TERM");
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Send a signal with the `kill` command (no libc dependency needed).
+pub fn unsafe_kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Minimal HTTP/1.0 GET; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Sum of every sample of `metric` whose labels contain all `labels` (`k="v"` strings).
+pub fn metric_value(metrics: &str, metric: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A TCP echo backend on a free port, running in a thread per connection.
+/// Echoes until the client half-closes, then closes its write side.
+pub fn echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// A backend that records everything it receives per connection and answers
+/// `reply` after the client half-closes.
+pub fn recording_backend(reply: &'static [u8]) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let _ = stream.read_to_end(&mut got);
+                sink.lock().unwrap().push(got);
+                let _ = stream.write_all(reply);
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A rustls client config presenting `client` (if any) and trusting `roots_pem`.
+pub fn client_config(client: Option<&Issued>, roots_pem: &str) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut roots_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some(issued) => {
+            let chain: Vec<CertificateDer<'static>> =
+                rustls_pemfile::certs(&mut issued.chain_pem.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect();
+            let key = PrivateKeyDer::try_from(issued.key_der.clone()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(config)
+}
+
+/// A blocking TLS client connection to the proxy.
+pub type Client = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Connect and complete the handshake, then prove the connection works by
+/// exchanging one message. Returns the stream or the error seen.
+pub fn tls_connect(
+    addr: SocketAddr,
+    server_name: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<Client> {
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let name = ServerName::try_from(server_name.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// Connect, send `ping`, read the echo. Ok(()) only when the echo comes back:
+/// in TLS 1.3 a server's rejection of the client certificate arrives after
+/// the client thinks the handshake is done, so a round trip is the proof.
+pub fn echo_roundtrip(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Result<(), String> {
+    let mut stream = tls_connect(addr, "proxy.example.org", config).map_err(|e| e.to_string())?;
+    stream.write_all(b"ping").map_err(|e| e.to_string())?;
+    stream.flush().map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    if &buf == b"ping" {
+        Ok(())
+    } else {
+        Err(format!("unexpected echo {buf:?}"))
+    }
+}
+
+/// True when the test must not skip a missing external tool.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some()
+}
+
+/// Is `tool` on PATH? In CI a missing tool fails the test; elsewhere the
+/// caller skips loudly.
+pub fn require_tool(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        if in_ci() {
+            panic!("{tool} is required in CI but was not found on PATH");
+        }
+        eprintln!("*** SKIPPED: {tool} not found on PATH (set CI=1 to make this a failure) ***");
+    }
+    found
+}
