@@ -236,8 +236,14 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Pki {
-        let root = Ca::root("Test Root CA");
-        let intermediate = root.intermediate("Test Intermediate CA");
+        Pki::named("Test")
+    }
+
+    /// A PKI whose CA names start with `prefix` (distinct names matter: a
+    /// chain is built by matching issuer names).
+    pub fn named(prefix: &str) -> Pki {
+        let root = Ca::root(&format!("{prefix} Root CA"));
+        let intermediate = root.intermediate(&format!("{prefix} Intermediate CA"));
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("bundle.crt"), &root.cert_pem).unwrap();
         Pki {
@@ -274,13 +280,34 @@ impl Pki {
     }
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago. Chosen at random below the kernel's
+/// ephemeral range (32768+), so it cannot collide with a client socket's
+/// source port, and checked by binding it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        ^ u64::from(std::process::id()) << 20;
+    let _ = STATE.compare_exchange(0, seed | 1, Ordering::SeqCst, Ordering::SeqCst);
+    let step = |mut x: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    loop {
+        let previous = STATE
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| Some(step(x)))
+            .unwrap_or(1);
+        let x = step(previous);
+        let port = 20000 + (x % 12000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running `portcullis` process; killed on drop.
