@@ -45,6 +45,27 @@ pub enum Command {
         #[arg(long)]
         no_files: bool,
     },
+    /// Zero-config local mTLS in front of a local port, with a dev CA and a client certificate.
+    Dev {
+        /// Local service to put mTLS in front of (host:port); without it a demo backend answers.
+        #[arg(long)]
+        forward: Option<String>,
+        /// Address of the mTLS listener.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
+        /// Address of the admin endpoint (/metrics, /healthz, /readyz).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+        /// Also originate mTLS to this upstream (host:port) from a plaintext loopback port.
+        #[arg(long)]
+        outbound: Option<String>,
+        /// Plaintext loopback address of the outbound listener.
+        #[arg(long, default_value = "127.0.0.1:15001")]
+        outbound_listen: std::net::SocketAddr,
+        /// Folder for the dev CA and certificates [default: ~/.local/share/portcullis/dev].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Certificate tools.
     Cert {
         /// What to do with certificates.

@@ -11,23 +11,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     runtime::logging::init(cli.log_format, cli.log_level.as_deref());
     match cli.command {
-        Command::Run { config } => {
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(runtime::run(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Run { config } => block_on(runtime::run(config)),
+        Command::Dev {
+            forward,
+            listen,
+            admin,
+            outbound,
+            outbound_listen,
+            dir,
+        } => block_on(portcullis::dev::run(portcullis::dev::DevOptions {
+            forward,
+            listen,
+            admin,
+            outbound,
+            outbound_listen,
+            dir: dir.unwrap_or_else(portcullis::dev::default_dir),
+        })),
         Command::Check { config, no_files } => {
             match portcullis::config::load(&config).and_then(|c| {
                 if no_files {
@@ -72,5 +71,25 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Run a long-lived command on a multi-threaded runtime; errors go to the
+/// log and to stderr with their whole context chain.
+fn block_on(task: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

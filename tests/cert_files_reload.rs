@@ -37,7 +37,9 @@ fn start(pki: &Pki) -> (Proxy, SocketAddr) {
 fn served_serial(addr: SocketAddr, client: &std::sync::Arc<rustls::ClientConfig>) -> String {
     let stream = tls_connect(addr, "proxy.example.org", client.clone()).unwrap();
     let certs = stream.conn.peer_certificates().unwrap();
-    portcullis::inspect::summarize_der(&certs[0]).unwrap().serial
+    portcullis::inspect::summarize_der(&certs[0])
+        .unwrap()
+        .serial
 }
 
 /// Replace a file the way cert-manager and editors do: write aside, rename.
@@ -74,13 +76,23 @@ fn replaced_cert_is_served_next_handshake_and_open_connection_survives() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while served_serial(addr, &client) != "2002" {
-        assert!(Instant::now() < deadline, "new cert not served; log:\n{}", proxy.logs());
+        assert!(
+            Instant::now() < deadline,
+            "new cert not served; log:\n{}",
+            proxy.logs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // The connection opened before the rotation still works.
     echo(&mut live, b"after rotation");
     let metrics = proxy.metrics();
-    assert!(metric_value(&metrics, "portcullis_cert_rotations_total", &["result=\"success\""]) >= 1.0);
+    assert!(
+        metric_value(
+            &metrics,
+            "portcullis_cert_rotations_total",
+            &["result=\"success\""]
+        ) >= 1.0
+    );
     assert!(
         metrics.contains("serial=\"2002\"") && !metrics.contains("serial=\"1001\""),
         "cert metrics must follow the rotation:\n{metrics}"
@@ -94,16 +106,28 @@ fn bad_replacement_keeps_the_old_cert() {
     let frontend = pki.intermediate.issue(&Leaf::spiffe("ns/web/sa/frontend"));
     let client = client_config(Some(&frontend), &pki.root.cert_pem);
 
-    replace(&pki.path("server.crt"), "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n");
+    replace(
+        &pki.path("server.crt"),
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
+    );
     assert!(
-        proxy.wait_for_log("cannot be used; keeping the current certificate", Duration::from_secs(10)),
+        proxy.wait_for_log(
+            "cannot be used; keeping the current certificate",
+            Duration::from_secs(10)
+        ),
         "{}",
         proxy.logs()
     );
     assert_eq!(served_serial(addr, &client), "1001");
     echo_roundtrip(addr, client.clone()).expect("old cert still serves");
     let metrics = proxy.metrics();
-    assert!(metric_value(&metrics, "portcullis_cert_rotations_total", &["result=\"failure\""]) >= 1.0);
+    assert!(
+        metric_value(
+            &metrics,
+            "portcullis_cert_rotations_total",
+            &["result=\"failure\""]
+        ) >= 1.0
+    );
     // No private key material ever reaches the logs.
     assert!(!proxy.logs().contains("PRIVATE KEY"));
 }

@@ -99,7 +99,9 @@ fn unexpected_upstream_identity_is_refused() {
         "{}",
         out.logs()
     );
-    assert!(out.logs().contains("spiffe://example.org/ns/pay/sa/payments"));
+    assert!(out
+        .logs()
+        .contains("spiffe://example.org/ns/pay/sa/payments"));
     let metrics = out.metrics();
     assert_eq!(
         metric_value(
@@ -113,7 +115,11 @@ fn unexpected_upstream_identity_is_refused() {
     // The upstream never admitted a connection to its backend.
     let up_metrics = up.metrics();
     assert_eq!(
-        metric_value(&up_metrics, "portcullis_bytes_total", &["direction=\"upstream\""]),
+        metric_value(
+            &up_metrics,
+            "portcullis_bytes_total",
+            &["direction=\"upstream\""]
+        ),
         0.0
     );
 }
@@ -191,7 +197,9 @@ fn chained_inbound_and_outbound_carry_100_mb_intact() {
         "{ spiffe_id = \"spiffe://example.org/ns/pay/sa/payments\" }",
     );
     let stream = TcpStream::connect(out_addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut writer = stream.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
         let mut pattern = Pattern(0x9e3779b97f4a7c15);
@@ -223,7 +231,11 @@ fn chained_inbound_and_outbound_carry_100_mb_intact() {
     for proxy in [&out, &up] {
         let metrics = proxy.metrics();
         assert_eq!(
-            metric_value(&metrics, "portcullis_bytes_total", &["direction=\"upstream\""]),
+            metric_value(
+                &metrics,
+                "portcullis_bytes_total",
+                &["direction=\"upstream\""]
+            ),
             TOTAL as f64
         );
     }
