@@ -62,7 +62,7 @@ impl PeerIdentity {
     pub fn from_der(der: &[u8], extension_oids: &[String]) -> Result<PeerIdentity, IdentityError> {
         let (_, cert) = X509Certificate::from_der(der)
             .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
-        Ok(Self::from_certificate(&cert, extension_oids)?)
+        Self::from_certificate(&cert, extension_oids)
     }
 
     fn from_certificate(

@@ -183,7 +183,6 @@ impl Rule {
         if let Some(g) = glob("issuer", &rule.issuer, None, false) {
             matchers.push(FieldMatcher::Issuer(g));
         }
-        drop(glob);
         for (oid, value) in &rule.extensions {
             let field = format!("extensions.\"{oid}\"");
             if !is_dotted_oid(oid) {
