@@ -94,6 +94,7 @@ impl DevFiles {
 
 /// Run dev mode until Ctrl-C.
 pub async fn run(options: DevOptions) -> anyhow::Result<()> {
+    let signals = crate::runtime::signals::Signals::install()?;
     let files = prepare_files(&options.dir)?;
     let backend = match &options.forward {
         Some(target) => target.clone(),
@@ -118,15 +119,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     });
 
     let printed = instructions(&options, &files, &backend);
-    crate::runtime::serve(
-        prepared,
-        crate::runtime::signals::shutdown_signal(),
-        |bound| {
-            let _ = bound;
-            println!("{printed}");
-        },
-    )
-    .await
+    crate::runtime::serve(prepared, None, signals, |_| println!("{printed}")).await
 }
 
 fn dev_config(options: &DevOptions, files: &DevFiles, backend: &str) -> Config {
@@ -170,6 +163,7 @@ fn dev_config(options: &DevOptions, files: &DevFiles, backend: &str) -> Config {
                 ..AllowRule::default()
             }],
             allow_any_authenticated: false,
+            reauthorize_on_reload: false,
             tls_min_version: TlsVersion::Tls13,
             proxy_protocol: None,
             handshake_timeout: Duration::from_secs(10),

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub cert_rotations: IntCounterVec,
     /// `portcullis_config_reloads_total{result}`.
     pub config_reloads: IntCounterVec,
+    /// `portcullis_reauthorization_closed_total{listener}`: live connections closed
+    /// because a reloaded policy no longer allows their peer.
+    pub reauthorization_closed: IntCounterVec,
     /// `portcullis_config_last_reload_success_timestamp_seconds`.
     pub config_last_reload_success: IntGauge,
 }
@@ -141,6 +144,13 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let reauthorization_closed = IntCounterVec::new(
+            Opts::new(
+                "portcullis_reauthorization_closed_total",
+                "Live connections closed because a reloaded policy no longer allows their peer.",
+            ),
+            &["listener"],
+        )?;
         let config_last_reload_success = IntGauge::new(
             "portcullis_config_last_reload_success_timestamp_seconds",
             "When the configuration was last loaded successfully, as a Unix timestamp.",
@@ -158,6 +168,7 @@ impl Metrics {
         registry.register(Box::new(cert_rotations.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
+        registry.register(Box::new(reauthorization_closed.clone()))?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -175,6 +186,7 @@ impl Metrics {
             cert_not_before,
             cert_rotations,
             config_reloads,
+            reauthorization_closed,
             config_last_reload_success,
         })
     }

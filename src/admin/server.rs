@@ -16,9 +16,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::UnixTime;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::Metrics;
+use crate::runtime::reload::ReloadRequest;
 use crate::tls::IdentityStore;
 
 /// What the admin endpoint reports on.
@@ -30,6 +32,8 @@ pub struct AdminState {
     pub store: Arc<IdentityStore>,
     /// Set once every listener is bound.
     pub listeners_bound: AtomicBool,
+    /// Where `POST /reload` sends its request (None: reload not available).
+    pub reload: Option<mpsc::Sender<ReloadRequest>>,
 }
 
 impl AdminState {
@@ -64,7 +68,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, &req)) }
+                async move { Ok::<_, Infallible>(route(&state, &req).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -73,7 +77,13 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
     }
 }
 
-fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/reload" {
+        if req.method() != Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /reload\n".into());
+        }
+        return reload(state).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -104,8 +114,35 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics /healthz /readyz\n".into(),
+            "not found; try /metrics /healthz /readyz, or POST /reload\n".into(),
         ),
+    }
+}
+
+/// Ask the runtime to reload and answer with the outcome: 200 and what
+/// changed, or 422 and why the running config stayed in force.
+async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
+    let Some(sender) = &state.reload else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "reload is not available: not started from a config file\n".into(),
+        );
+    };
+    let (reply, answer) = oneshot::channel();
+    let request = ReloadRequest {
+        trigger: "admin",
+        reply: Some(reply),
+    };
+    if sender.send(request).await.is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    }
+    match answer.await {
+        Ok(Ok(summary)) => text(StatusCode::OK, format!("reloaded: {summary}\n")),
+        Ok(Err(error)) => text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("reload failed; the running config stays in force:\n{error}\n"),
+        ),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into()),
     }
 }
 

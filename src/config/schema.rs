@@ -115,6 +115,10 @@ pub struct InboundConfig {
     /// Admit every peer whose chain verifies; must be written explicitly.
     #[serde(default)]
     pub allow_any_authenticated: bool,
+    /// On a reload that changes this listener's policy, close live
+    /// connections whose peer the new policy no longer allows.
+    #[serde(default)]
+    pub reauthorize_on_reload: bool,
     /// Lowest TLS version accepted.
     #[serde(default)]
     pub tls_min_version: TlsVersion,

@@ -15,7 +15,7 @@ use super::proxy_protocol::{encode_v2, TlsPeerInfo};
 use super::{ConnectionContext, Direction};
 use crate::admin::metrics::reason;
 use crate::config::{InboundConfig, ProxyProtocol};
-use crate::identity::Decision;
+use crate::identity::{Decision, Policy};
 use crate::tls::{handshake_failure_reason, record_handshake, HandshakeRecord};
 
 /// The settings of one inbound listener that a connection reads once, at accept.
@@ -34,12 +34,19 @@ pub struct InboundSettings {
     pub idle_timeout: Duration,
     /// PROXY header to send, if any.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// The policy built into `acceptor`, kept to re-check live connections.
+    pub policy: Arc<Policy>,
+    /// Re-check live connections when a reload changes the policy.
+    pub reauthorize_on_reload: bool,
 }
 
 impl InboundSettings {
-    /// Settings from a validated config and a TLS acceptor.
-    pub fn new(config: &InboundConfig, acceptor: TlsAcceptor) -> Self {
+    /// Settings from a validated config, its compiled policy and a TLS
+    /// acceptor built with that policy.
+    pub fn new(config: &InboundConfig, policy: Arc<Policy>, acceptor: TlsAcceptor) -> Self {
         InboundSettings {
+            policy,
+            reauthorize_on_reload: config.reauthorize_on_reload,
             name: config.name.as_str().into(),
             backend: config.backend.clone(),
             acceptor,
@@ -180,6 +187,11 @@ pub async fn handle(
         }
     }
 
+    // Registered so a reload with a stricter policy can close it.
+    let close = ctx.force_close.child_token();
+    let _live = identity
+        .clone()
+        .map(|identity| ctx.live.register(identity, close.clone()));
     let up = metrics.bytes.with_label_values(&[name, "upstream"]);
     let down = metrics.bytes.with_label_values(&[name, "downstream"]);
     let on_bytes = move |u: u64, d: u64| {
@@ -190,7 +202,7 @@ pub async fn handle(
         tls,
         backend,
         settings.idle_timeout,
-        ctx.force_close.cancelled(),
+        close.cancelled(),
         &on_bytes,
     )
     .await;

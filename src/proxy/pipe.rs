@@ -123,6 +123,14 @@ where
         _ = idle => CloseReason::IdleTimeout,
         _ = cancel => CloseReason::Cancelled,
     };
+    if matches!(reason, CloseReason::IdleTimeout | CloseReason::Cancelled) {
+        // Closed by us, not by a peer: say so properly (TLS close_notify,
+        // then FIN) rather than just dropping the sockets.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = tokio::join!(client_write.shutdown(), server_write.shutdown());
+        })
+        .await;
+    }
     PipeOutcome {
         upstream_bytes: upstream.load(Ordering::Relaxed),
         downstream_bytes: downstream.load(Ordering::Relaxed),

@@ -1,36 +1,41 @@
 //! The running proxy: builds every runtime object from a validated config,
-//! binds the listeners, serves, and drains on shutdown.
+//! binds the listeners, serves, reloads, and drains on shutdown.
 //!
 //! `prepare` does everything that can fail on bad input (files, keys, TLS
-//! configs) without touching the network, so `portcullis check` and a start
-//! fail the same way with the same messages.
+//! configs) without touching the network, so `portcullis check`, a start and
+//! a reload fail the same way with the same messages.
 
+pub mod listeners;
 pub mod logging;
+pub mod reload;
 pub mod signals;
 
-use std::future::Future;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminState, Metrics};
 use crate::certs::{self, CertError};
-use crate::config::{Config, ConfigError, ConfigErrors, IdentityConfig};
+use crate::config::{
+    Config, ConfigError, ConfigErrors, IdentityConfig, InboundConfig, OutboundConfig,
+};
 use crate::identity::policy::{Policy, Rule};
 use crate::proxy::inbound::{self, InboundSettings};
-use crate::proxy::listener::AcceptLoop;
 use crate::proxy::outbound::{self, OutboundSettings};
-use crate::proxy::{ConnectionContext, Direction};
+use crate::proxy::Direction;
 use crate::tls::{self, default_provider, IdentityStore, TlsMaterial};
+
+use listeners::{Running, Shared};
+use reload::ReloadRequest;
 
 /// Every runtime object built from a config, ready to bind and serve.
 pub struct Prepared {
@@ -38,10 +43,10 @@ pub struct Prepared {
     pub config: Config,
     /// Our identity and trust material.
     pub store: Arc<IdentityStore>,
-    /// Inbound listeners: address and settings.
-    pub inbound: Vec<(SocketAddr, usize, Arc<InboundSettings>)>,
-    /// Outbound listeners: address and settings.
-    pub outbound: Vec<(SocketAddr, usize, Arc<OutboundSettings>)>,
+    /// Inbound listener settings, in config order.
+    pub inbound: Vec<Arc<InboundSettings>>,
+    /// Outbound listener settings, in config order.
+    pub outbound: Vec<Arc<OutboundSettings>>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -53,46 +58,86 @@ impl std::fmt::Debug for Prepared {
     }
 }
 
-/// Load the identity and build every TLS config and policy, without binding.
-pub fn prepare(config: Config, path: &Path) -> Result<Prepared, ConfigErrors> {
-    let fail = |key: &str, reason: String| ConfigErrors {
+fn one_error(path: &Path, key: &str, reason: String) -> ConfigErrors {
+    ConfigErrors {
         file: path.to_path_buf(),
         errors: vec![ConfigError {
             key: key.to_string(),
             reason,
         }],
-    };
-    let provider = default_provider();
-    let material =
-        load_identity(&config.identity, &provider).map_err(|e| fail("identity", e.to_string()))?;
-    let store = Arc::new(IdentityStore::new(material, provider));
+    }
+}
 
-    let mut inbound = Vec::new();
-    for (index, cfg) in config.inbound.iter().enumerate() {
-        let key = format!("inbound[{index}]");
-        let policy = Policy::compile(&cfg.allow, cfg.allow_any_authenticated)
-            .map_err(|errs| fail(&key, format!("{errs:?}")))?;
-        let server = tls::inbound_server_config(&store, Arc::new(policy), cfg.tls_min_version)
-            .map_err(|e| fail(&key, e.to_string()))?;
-        let settings = InboundSettings::new(cfg, TlsAcceptor::from(server));
-        inbound.push((cfg.listen, cfg.max_connections, Arc::new(settings)));
-    }
-    let mut outbound = Vec::new();
-    for (index, cfg) in config.outbound.iter().enumerate() {
-        let key = format!("outbound[{index}]");
-        let expect = Rule::compile(&cfg.expect).map_err(|errs| fail(&key, format!("{errs:?}")))?;
-        let client = tls::outbound_client_config(&store, Arc::new(expect), cfg.tls_min_version)
-            .map_err(|e| fail(&key, e.to_string()))?;
-        let settings = OutboundSettings::new(cfg, TlsConnector::from(client))
-            .map_err(|reason| fail(&key, reason))?;
-        outbound.push((cfg.listen, cfg.max_connections, Arc::new(settings)));
-    }
+/// Load the identity and build every TLS config and policy, without binding.
+pub fn prepare(config: Config, path: &Path) -> Result<Prepared, ConfigErrors> {
+    let provider = default_provider();
+    let material = load_identity(&config.identity, &provider)
+        .map_err(|e| one_error(path, "identity", e.to_string()))?;
+    let store = Arc::new(IdentityStore::new(material, provider));
+    let (inbound, outbound) = build_listeners(&config, &store, path)?;
     Ok(Prepared {
         config,
         store,
         inbound,
         outbound,
     })
+}
+
+type BuiltListeners = (Vec<Arc<InboundSettings>>, Vec<Arc<OutboundSettings>>);
+
+/// Build every listener's settings against `store`.
+fn build_listeners(
+    config: &Config,
+    store: &Arc<IdentityStore>,
+    path: &Path,
+) -> Result<BuiltListeners, ConfigErrors> {
+    let mut inbound = Vec::new();
+    for (index, cfg) in config.inbound.iter().enumerate() {
+        let settings = build_inbound(cfg, store)
+            .map_err(|reason| one_error(path, &format!("inbound[{index}]"), reason))?;
+        inbound.push(Arc::new(settings));
+    }
+    let mut outbound = Vec::new();
+    for (index, cfg) in config.outbound.iter().enumerate() {
+        let settings = build_outbound(cfg, store)
+            .map_err(|reason| one_error(path, &format!("outbound[{index}]"), reason))?;
+        outbound.push(Arc::new(settings));
+    }
+    Ok((inbound, outbound))
+}
+
+fn build_inbound(
+    cfg: &InboundConfig,
+    store: &Arc<IdentityStore>,
+) -> Result<InboundSettings, String> {
+    let policy = Arc::new(
+        Policy::compile(&cfg.allow, cfg.allow_any_authenticated).map_err(|errors| {
+            errors
+                .iter()
+                .map(|(rule, e)| format!("allow[{rule}].{e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?,
+    );
+    let server = tls::inbound_server_config(store, policy.clone(), cfg.tls_min_version)
+        .map_err(|e| e.to_string())?;
+    Ok(InboundSettings::new(cfg, policy, TlsAcceptor::from(server)))
+}
+
+fn build_outbound(
+    cfg: &OutboundConfig,
+    store: &Arc<IdentityStore>,
+) -> Result<OutboundSettings, String> {
+    let expect = Rule::compile(&cfg.expect).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| format!("expect.{e}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
+    let client = tls::outbound_client_config(store, Arc::new(expect), cfg.tls_min_version)
+        .map_err(|e| e.to_string())?;
+    OutboundSettings::new(cfg, TlsConnector::from(client))
 }
 
 fn load_identity(
@@ -104,7 +149,7 @@ fn load_identity(
     }
 }
 
-/// Where a running proxy's listeners ended up (useful when tests bind port 0).
+/// Where a running proxy's listeners ended up.
 #[derive(Debug, Clone, Default)]
 pub struct BoundAddresses {
     /// Admin listener, if enabled.
@@ -115,18 +160,34 @@ pub struct BoundAddresses {
     pub outbound: Vec<(String, SocketAddr)>,
 }
 
-/// Run the proxy described by the config at `path` until SIGTERM/SIGINT.
+/// Run the proxy described by the config at `path` until SIGTERM/SIGINT,
+/// reloading on SIGHUP, on a change of the file, and on `POST /reload`.
 pub async fn run(path: PathBuf) -> anyhow::Result<()> {
+    // Signal handlers first: a SIGTERM during start-up must drain, not kill.
+    let signals = signals::Signals::install()?;
     let config = crate::config::load(&path)?;
     let prepared = prepare(config, &path)?;
-    serve(prepared, signals::shutdown_signal(), |_| {}).await
+    serve(prepared, Some(path), signals, |_| {}).await
 }
 
-/// Bind and serve `prepared` until `shutdown` resolves, then drain.
+/// The live state a reload acts on.
+pub struct Runtime {
+    path: Option<PathBuf>,
+    config: Config,
+    store: Arc<IdentityStore>,
+    shared: Shared,
+    inbound: BTreeMap<String, Running<InboundSettings>>,
+    outbound: BTreeMap<String, Running<OutboundSettings>>,
+    identity_watch: CancellationToken,
+}
+
+/// Bind and serve `prepared` until a shutdown signal, then drain.
+/// `path` is the config file to reload from (None: no reloads).
 /// `on_bound` is told where the listeners are once all are bound.
 pub async fn serve(
     prepared: Prepared,
-    shutdown: impl Future<Output = ()>,
+    path: Option<PathBuf>,
+    mut signals: signals::Signals,
     on_bound: impl FnOnce(&BoundAddresses),
 ) -> anyhow::Result<()> {
     let Prepared {
@@ -144,40 +205,45 @@ pub async fn serve(
         .config_reloads
         .with_label_values(&["success"])
         .inc_by(0);
+    metrics
+        .config_reloads
+        .with_label_values(&["failure"])
+        .inc_by(0);
     metrics.config_last_reload_success.set(unix_now());
-
-    let stop_accepting = CancellationToken::new();
-    let force_close = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let ctx = ConnectionContext {
+    let shared = Shared {
         metrics: metrics.clone(),
-        force_close: force_close.clone(),
+        tracker: TaskTracker::new(),
+        stop_all: CancellationToken::new(),
+        force_all: CancellationToken::new(),
     };
-    let mut bound = BoundAddresses::default();
 
     // Bind everything before serving anything: a port in use fails the start
     // with the listener's name, and nothing half-starts.
-    let mut inbound_listeners = Vec::new();
-    for (addr, limit, settings) in inbound {
-        let listener = bind(addr, &settings.name, Direction::Inbound).await?;
-        bound
-            .inbound
-            .push((settings.name.to_string(), listener.local_addr()?));
-        inbound_listeners.push((listener, limit, settings));
+    let mut inbound_sockets = Vec::new();
+    for settings in inbound {
+        let addr = listen_address(&config, &settings.name);
+        inbound_sockets.push((
+            bind(addr, &settings.name, Direction::Inbound).await?,
+            settings,
+        ));
     }
-    let mut outbound_listeners = Vec::new();
-    for (addr, limit, settings) in outbound {
-        let listener = bind(addr, &settings.name, Direction::Outbound).await?;
-        bound
-            .outbound
-            .push((settings.name.to_string(), listener.local_addr()?));
-        outbound_listeners.push((listener, limit, settings));
+    let mut outbound_sockets = Vec::new();
+    for settings in outbound {
+        let addr = listen_address(&config, &settings.name);
+        outbound_sockets.push((
+            bind(addr, &settings.name, Direction::Outbound).await?,
+            settings,
+        ));
     }
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(16);
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         store: store.clone(),
         listeners_bound: false.into(),
+        reload: path.as_ref().map(|_| reload_tx.clone()),
     });
+    let mut bound = BoundAddresses::default();
+    let admin_stop = CancellationToken::new();
     if config.admin.enabled {
         let listener = TcpListener::bind(config.admin.listen)
             .await
@@ -186,52 +252,44 @@ pub async fn serve(
         tokio::spawn(crate::admin::server::serve(
             listener,
             admin_state.clone(),
-            stop_accepting.clone(),
+            admin_stop.clone(),
         ));
     }
 
-    let mut accept_tasks = Vec::new();
-    for (listener, limit, settings) in inbound_listeners {
-        let accept = AcceptLoop {
-            name: settings.name.clone(),
-            direction: Direction::Inbound,
-            limit: Arc::new(Semaphore::new(limit)),
-            stop_accepting: stop_accepting.clone(),
-            tracker: tracker.clone(),
-            metrics: metrics.clone(),
-        };
-        let current = Arc::new(ArcSwap::new(settings));
-        let ctx = ctx.clone();
-        accept_tasks.push(tokio::spawn(accept.run(listener, move |stream, peer| {
-            inbound::handle(stream, peer, current.load_full(), ctx.clone())
-        })));
+    let mut runtime = Runtime {
+        path: path.clone(),
+        config,
+        store,
+        shared,
+        inbound: BTreeMap::new(),
+        outbound: BTreeMap::new(),
+        identity_watch: CancellationToken::new(),
+    };
+    for (listener, settings) in inbound_sockets {
+        runtime.start_inbound(listener, settings)?;
     }
-    for (listener, limit, settings) in outbound_listeners {
-        let accept = AcceptLoop {
-            name: settings.name.clone(),
-            direction: Direction::Outbound,
-            limit: Arc::new(Semaphore::new(limit)),
-            stop_accepting: stop_accepting.clone(),
-            tracker: tracker.clone(),
-            metrics: metrics.clone(),
-        };
-        let current = Arc::new(ArcSwap::new(settings));
-        let ctx = ctx.clone();
-        accept_tasks.push(tokio::spawn(accept.run(listener, move |stream, peer| {
-            outbound::handle(stream, peer, current.load_full(), ctx.clone())
-        })));
+    for (listener, settings) in outbound_sockets {
+        runtime.start_outbound(listener, settings)?;
     }
-
-    let IdentityConfig::Files(files) = &config.identity;
-    if files.watch {
-        certs::files::spawn_watcher(
-            files.clone(),
-            store.clone(),
-            metrics.clone(),
-            stop_accepting.clone(),
+    runtime.watch_identity()?;
+    if let Some(path) = &path {
+        reload::spawn_config_watcher(
+            path.clone(),
+            reload_tx.clone(),
+            runtime.shared.stop_all.clone(),
         )
-        .context("cannot watch the identity files")?;
+        .context("cannot watch the config file")?;
     }
+    bound.inbound = runtime
+        .inbound
+        .iter()
+        .map(|(n, r)| (n.clone(), r.listen))
+        .collect();
+    bound.outbound = runtime
+        .outbound
+        .iter()
+        .map(|(n, r)| (n.clone(), r.listen))
+        .collect();
 
     admin_state.listeners_bound.store(true, Ordering::Release);
     tracing::info!(
@@ -242,28 +300,144 @@ pub async fn serve(
     );
     on_bound(&bound);
 
-    shutdown.await;
-    let drain = config.shutdown.drain_timeout;
-    tracing::info!(
-        open_connections = tracker.len(),
-        drain_timeout_ms = drain.as_millis() as u64,
-        "shutting down: stopped accepting, draining live connections"
-    );
-    stop_accepting.cancel();
-    for task in accept_tasks {
-        let _ = task.await;
+    loop {
+        tokio::select! {
+            event = signals.next() => {
+                if event == signals::SignalEvent::Shutdown {
+                    break;
+                }
+                if path.is_some() {
+                    // The outcome is logged and counted by reload itself.
+                    let _ = runtime.reload("SIGHUP").await;
+                } else {
+                    tracing::info!("SIGHUP ignored: no config file to reload");
+                }
+            }
+            Some(request) = reload_rx.recv() => {
+                let result = runtime.reload(request.trigger).await;
+                if let Some(reply) = request.reply {
+                    let _ = reply.send(result);
+                }
+            }
+        }
     }
-    tracker.close();
-    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-        tracing::warn!(
-            open_connections = tracker.len(),
-            "drain timeout passed; closing the remaining connections"
-        );
-        force_close.cancel();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tracker.wait()).await;
-    }
-    tracing::info!("shutdown complete");
+    admin_stop.cancel();
+    runtime.shutdown().await;
     Ok(())
+}
+
+impl Runtime {
+    fn start_inbound(
+        &mut self,
+        listener: TcpListener,
+        settings: Arc<InboundSettings>,
+    ) -> anyhow::Result<()> {
+        let name = settings.name.to_string();
+        let max = self.max_connections_of(&name);
+        let running = Running::start(
+            listener,
+            settings.name.clone(),
+            Direction::Inbound,
+            settings,
+            max,
+            &self.shared,
+            inbound::handle,
+        )?;
+        self.inbound.insert(name, running);
+        Ok(())
+    }
+
+    fn start_outbound(
+        &mut self,
+        listener: TcpListener,
+        settings: Arc<OutboundSettings>,
+    ) -> anyhow::Result<()> {
+        let name = settings.name.to_string();
+        let max = self.max_connections_of(&name);
+        let running = Running::start(
+            listener,
+            settings.name.clone(),
+            Direction::Outbound,
+            settings,
+            max,
+            &self.shared,
+            outbound::handle,
+        )?;
+        self.outbound.insert(name, running);
+        Ok(())
+    }
+
+    fn max_connections_of(&self, name: &str) -> usize {
+        self.config
+            .inbound
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.max_connections)
+            .or_else(|| {
+                self.config
+                    .outbound
+                    .iter()
+                    .find(|l| l.name == name)
+                    .map(|l| l.max_connections)
+            })
+            .unwrap_or(1)
+    }
+
+    /// (Re)start the watcher of the identity files named by the current config.
+    fn watch_identity(&mut self) -> anyhow::Result<()> {
+        self.identity_watch.cancel();
+        self.identity_watch = self.shared.stop_all.child_token();
+        let IdentityConfig::Files(files) = &self.config.identity;
+        if files.watch {
+            certs::files::spawn_watcher(
+                files.clone(),
+                self.store.clone(),
+                self.shared.metrics.clone(),
+                self.identity_watch.clone(),
+            )
+            .context("cannot watch the identity files")?;
+        }
+        Ok(())
+    }
+
+    /// Stop accepting everywhere, drain live connections up to the drain
+    /// timeout, then close what is left.
+    async fn shutdown(self) {
+        let drain = self.config.shutdown.drain_timeout;
+        let tracker = self.shared.tracker.clone();
+        tracing::info!(
+            open_connections = tracker.len(),
+            drain_timeout_ms = drain.as_millis() as u64,
+            "shutting down: stopped accepting, draining live connections"
+        );
+        self.shared.stop_all.cancel();
+        tracker.close();
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                open_connections = tracker.len(),
+                "drain timeout passed; closing the remaining connections"
+            );
+            self.shared.force_all.cancel();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tracker.wait()).await;
+        }
+        tracing::info!("shutdown complete");
+    }
+}
+
+fn listen_address(config: &Config, name: &str) -> SocketAddr {
+    config
+        .inbound
+        .iter()
+        .find(|l| l.name == name)
+        .map(|l| l.listen)
+        .or_else(|| {
+            config
+                .outbound
+                .iter()
+                .find(|l| l.name == name)
+                .map(|l| l.listen)
+        })
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 async fn bind(addr: SocketAddr, name: &str, direction: Direction) -> anyhow::Result<TcpListener> {

@@ -155,6 +155,13 @@ impl IdentityStore {
         &self.provider
     }
 
+    /// Install material that was already built and validated.
+    pub fn install_material(&self, material: TlsMaterial) -> Arc<TlsMaterial> {
+        let material = Arc::new(material);
+        self.current.store(material.clone());
+        material
+    }
+
     /// Validate and install new credentials; on error the old ones stay.
     pub fn install(&self, credentials: Credentials) -> Result<Arc<TlsMaterial>, CertError> {
         let material = Arc::new(TlsMaterial::build(credentials, &self.provider)?);

@@ -1,0 +1,272 @@
+//! Hot reload: a changed config file, SIGHUP or `POST /reload` loads the
+//! whole new config, builds every runtime object and binds every new socket
+//! first, and only then swaps them in. Any failure leaves the running config
+//! entirely in force.
+//!
+//! What a reload changes: listeners added (start), removed (stop accepting,
+//! drain up to `[shutdown] drain_timeout`), changed (new settings for new
+//! connections at once), and `[identity]`. What it never touches: live
+//! connections — except, when a listener sets `reauthorize_on_reload`, those
+//! whose peer the new policy no longer allows. The admin listener address is
+//! fixed at start.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{bind, build_listeners, load_identity, unix_now, Runtime};
+use crate::proxy::inbound::InboundSettings;
+use crate::proxy::outbound::OutboundSettings;
+use crate::proxy::Direction;
+
+/// A request to reload, with where it came from and who waits for the answer.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    /// `file`, `SIGHUP`, `admin`.
+    pub trigger: &'static str,
+    /// Told the outcome: a summary of what changed, or why nothing did.
+    pub reply: Option<oneshot::Sender<Result<String, String>>>,
+}
+
+/// How long to wait after a config file event for the writer to finish.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Watch the config file's folder (so editors' renames and the Kubernetes
+/// ConfigMap `..data` symlink swap are seen) and ask for a reload whenever
+/// the file's content changes.
+pub fn spawn_config_watcher(
+    path: PathBuf,
+    reload: mpsc::Sender<ReloadRequest>,
+    stop: CancellationToken,
+) -> Result<(), notify::Error> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let mut last = fingerprint(&path);
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                event = rx.recv() => if event.is_none() { return },
+            }
+            tokio::time::sleep(DEBOUNCE).await;
+            while rx.try_recv().is_ok() {}
+            let now = fingerprint(&path);
+            if now == last {
+                continue;
+            }
+            last = now;
+            let request = ReloadRequest {
+                trigger: "file",
+                reply: None,
+            };
+            if reload.send(request).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+fn fingerprint(path: &Path) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    std::fs::read(path).ok().hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A listener that the new config adds, bound before anything is swapped.
+enum Added {
+    Inbound(TcpListener, Arc<InboundSettings>),
+    Outbound(TcpListener, Arc<OutboundSettings>),
+}
+
+impl Runtime {
+    /// Reload from the config file; counts and logs the outcome.
+    pub async fn reload(&mut self, trigger: &'static str) -> Result<String, String> {
+        let metrics = self.shared.metrics.clone();
+        match self.try_reload().await {
+            Ok(summary) => {
+                metrics.config_reloads.with_label_values(&["success"]).inc();
+                metrics.config_last_reload_success.set(unix_now());
+                tracing::info!(trigger, changes = %summary, "config reloaded");
+                Ok(summary)
+            }
+            Err(error) => {
+                metrics.config_reloads.with_label_values(&["failure"]).inc();
+                tracing::warn!(trigger, %error, "config reload failed; the running config stays in force");
+                Err(error)
+            }
+        }
+    }
+
+    async fn try_reload(&mut self) -> Result<String, String> {
+        let path = self
+            .path
+            .clone()
+            .ok_or_else(|| "no config file to reload from".to_string())?;
+        let config =
+            crate::config::load(&path).map_err(|e| e.to_string().trim_end().to_string())?;
+        if config.admin != self.config.admin {
+            tracing::warn!("[admin] changes take effect only after a restart");
+        }
+
+        // Build everything; nothing running is touched yet.
+        let identity_changed = config.identity != self.config.identity;
+        let material = if identity_changed {
+            Some(
+                load_identity(&config.identity, self.store.provider())
+                    .map_err(|e| format!("identity: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let (inbound, outbound) = build_listeners(&config, &self.store, &path)
+            .map_err(|e| e.to_string().trim_end().to_string())?;
+
+        // Bind every new socket; a failure drops the ones bound so far.
+        let mut added = Vec::new();
+        for (cfg, settings) in config.inbound.iter().zip(inbound.iter()) {
+            if self.inbound.get(&cfg.name).map(|r| r.listen) != Some(cfg.listen) {
+                let socket = bind(cfg.listen, &cfg.name, Direction::Inbound)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                added.push(Added::Inbound(socket, settings.clone()));
+            }
+        }
+        for (cfg, settings) in config.outbound.iter().zip(outbound.iter()) {
+            if self.outbound.get(&cfg.name).map(|r| r.listen) != Some(cfg.listen) {
+                let socket = bind(cfg.listen, &cfg.name, Direction::Outbound)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                added.push(Added::Outbound(socket, settings.clone()));
+            }
+        }
+
+        // Commit. From here on nothing can fail.
+        let mut changes = Vec::new();
+        if let Some(material) = material {
+            let material = self.store.install_material(material);
+            self.shared
+                .metrics
+                .set_own_certs(&material.certified_key.cert, &material.trust_bundle);
+            changes.push("identity".to_string());
+        }
+        let drain = config.shutdown.drain_timeout;
+        for (cfg, settings) in config.inbound.iter().zip(inbound) {
+            let old = self.config.inbound.iter().find(|o| o.name == cfg.name);
+            let Some(running) = self.inbound.get_mut(&cfg.name) else {
+                continue;
+            };
+            if running.listen != cfg.listen || old == Some(cfg) {
+                continue;
+            }
+            let policy_changed = old.is_none_or(|o| {
+                o.allow != cfg.allow || o.allow_any_authenticated != cfg.allow_any_authenticated
+            });
+            running.update(settings.clone(), cfg.max_connections);
+            changes.push(format!("changed inbound {}", cfg.name));
+            if policy_changed && cfg.reauthorize_on_reload {
+                let closed = running.live.close_denied(&settings.policy);
+                self.shared
+                    .metrics
+                    .reauthorization_closed
+                    .with_label_values(&[&cfg.name])
+                    .inc_by(closed.len() as u64);
+                for peer in &closed {
+                    tracing::warn!(listener = %cfg.name, peer_identity = %peer, "closing live connection: the reloaded policy no longer allows this peer");
+                }
+                changes.push(format!(
+                    "reauthorized inbound {}: closed {}",
+                    cfg.name,
+                    closed.len()
+                ));
+            }
+        }
+        for (cfg, settings) in config.outbound.iter().zip(outbound) {
+            let old = self.config.outbound.iter().find(|o| o.name == cfg.name);
+            let Some(running) = self.outbound.get_mut(&cfg.name) else {
+                continue;
+            };
+            if running.listen != cfg.listen || old == Some(cfg) {
+                continue;
+            }
+            running.update(settings, cfg.max_connections);
+            changes.push(format!("changed outbound {}", cfg.name));
+        }
+        let keep_inbound: Vec<(&str, std::net::SocketAddr)> = config
+            .inbound
+            .iter()
+            .map(|c| (c.name.as_str(), c.listen))
+            .collect();
+        let removed: Vec<String> = self
+            .inbound
+            .iter()
+            .filter(|(name, r)| !keep_inbound.contains(&(name.as_str(), r.listen)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in removed {
+            if let Some(running) = self.inbound.remove(&name) {
+                running.stop(drain);
+                changes.push(format!("removed inbound {name}"));
+            }
+        }
+        let keep_outbound: Vec<(&str, std::net::SocketAddr)> = config
+            .outbound
+            .iter()
+            .map(|c| (c.name.as_str(), c.listen))
+            .collect();
+        let removed: Vec<String> = self
+            .outbound
+            .iter()
+            .filter(|(name, r)| !keep_outbound.contains(&(name.as_str(), r.listen)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in removed {
+            if let Some(running) = self.outbound.remove(&name) {
+                running.stop(drain);
+                changes.push(format!("removed outbound {name}"));
+            }
+        }
+        self.config = config;
+        for item in added {
+            let result = match item {
+                Added::Inbound(socket, settings) => {
+                    changes.push(format!("added inbound {}", settings.name));
+                    self.start_inbound(socket, settings)
+                }
+                Added::Outbound(socket, settings) => {
+                    changes.push(format!("added outbound {}", settings.name));
+                    self.start_outbound(socket, settings)
+                }
+            };
+            if let Err(error) = result {
+                tracing::error!(%error, "cannot start a listener added by the reload");
+            }
+        }
+        if identity_changed {
+            if let Err(error) = self.watch_identity() {
+                tracing::warn!(%error, "cannot watch the new identity files; changes to them need a reload");
+            }
+        }
+        if changes.is_empty() {
+            changes.push("no changes".into());
+        }
+        Ok(changes.join(", "))
+    }
+}
