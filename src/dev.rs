@@ -153,6 +153,7 @@ fn dev_config(options: &DevOptions, files: &DevFiles, backend: &str) -> Config {
             trust_bundle: files.ca_cert.clone(),
             crls: vec![],
             watch: true,
+            insecure_key_permissions: false,
         }),
         inbound: vec![InboundConfig {
             name: "dev".into(),

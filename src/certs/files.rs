@@ -18,32 +18,101 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::pem::{load_certs, load_crls, load_key};
+use rustls::crypto::CryptoProvider;
+
+use super::pem::{check_key_permissions, load_certs, load_crls, load_key, Part};
 use super::{CertError, Credentials};
 use crate::admin::Metrics;
 use crate::config::FilesIdentity;
-use crate::tls::IdentityStore;
+use crate::tls::store::parse_crls;
+use crate::tls::{IdentityStore, TlsMaterial};
 
 /// How long to wait after a change event for the writer to finish.
 const DEBOUNCE: Duration = Duration::from_millis(250);
 /// How often the files are re-read even without change events.
 const POLL_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Load the credentials named by a `files` identity config.
-pub fn load(config: &FilesIdentity) -> Result<Credentials, CertError> {
-    let chain = load_certs(&config.cert)?;
-    let key = load_key(&config.key)?;
-    let trust_bundle = load_certs(&config.trust_bundle)?;
-    let mut crls = Vec::new();
-    for path in &config.crls {
-        crls.extend(load_crls(path)?);
+/// A `files` identity that cannot be used: the config key at fault and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct FilesError {
+    /// The config key, e.g. `identity.key` or `identity.crls[1]`.
+    pub key: String,
+    /// What is wrong, naming the file.
+    pub message: String,
+}
+
+fn at(key: impl Into<String>) -> impl FnOnce(CertError) -> FilesError {
+    let key = key.into();
+    move |error| FilesError {
+        key,
+        message: error.to_string(),
     }
-    Ok(Credentials {
+}
+
+/// Load the files named by a `files` identity config and build the TLS
+/// material from them; every error names the config key and the file.
+pub fn load_material(
+    config: &FilesIdentity,
+    provider: &Arc<CryptoProvider>,
+) -> Result<TlsMaterial, FilesError> {
+    let chain = load_certs(&config.cert).map_err(at("identity.cert"))?;
+    let key = load_key(&config.key).map_err(at("identity.key"))?;
+    if !config.insecure_key_permissions {
+        check_key_permissions(&config.key).map_err(at("identity.key"))?;
+    }
+    let trust_bundle = load_certs(&config.trust_bundle).map_err(at("identity.trust_bundle"))?;
+    let mut crls = Vec::new();
+    for (index, path) in config.crls.iter().enumerate() {
+        let key = format!("identity.crls[{index}]");
+        let file_crls = load_crls(path).map_err(at(key.clone()))?;
+        parse_crls(&file_crls).map_err(|e| FilesError {
+            key,
+            message: format!("{}: {}", path.display(), reason_of(&e)),
+        })?;
+        crls.extend(file_crls);
+    }
+    let credentials = Credentials {
         chain,
         key,
         trust_bundle,
         crls,
+    };
+    TlsMaterial::build(credentials, provider).map_err(|error| match &error {
+        CertError::Invalid { part, what, reason } => match part {
+            Part::Key => FilesError {
+                key: "identity.key".into(),
+                message: format!(
+                    "{} does not match the certificate in {}: use the key the certificate was issued for",
+                    config.key.display(),
+                    config.cert.display()
+                ),
+            },
+            Part::Chain => FilesError {
+                key: "identity.cert".into(),
+                message: format!("{}: {what}: {reason}", config.cert.display()),
+            },
+            Part::TrustBundle => FilesError {
+                key: "identity.trust_bundle".into(),
+                message: format!("{}: {what}: {reason}", config.trust_bundle.display()),
+            },
+            Part::Crls => FilesError {
+                key: "identity.crls".into(),
+                message: format!("{what}: {reason}"),
+            },
+        },
+        other => FilesError {
+            key: "identity".into(),
+            message: other.to_string(),
+        },
     })
+}
+
+fn reason_of(error: &CertError) -> String {
+    match error {
+        CertError::Invalid { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// A fingerprint of the files' bytes, to skip reloads when nothing changed.
@@ -104,7 +173,7 @@ pub fn spawn_watcher(
 }
 
 fn reload(config: &FilesIdentity, store: &IdentityStore, metrics: &Metrics) {
-    match load(config).and_then(|credentials| store.install(credentials)) {
+    match load_material(config, store.provider()).map(|material| store.install_material(material)) {
         Ok(material) => {
             metrics.cert_rotations.with_label_values(&["success"]).inc();
             metrics.set_own_certs(&material.certified_key.cert, &material.trust_bundle);

@@ -55,11 +55,26 @@ pub enum CertError {
     /// The material is readable but unusable (key mismatch, bad certificate, ...).
     #[error("{what}: {reason}")]
     Invalid {
-        /// Which file or object.
+        /// Which part of the credentials is at fault.
+        part: Part,
+        /// Which object, in words.
         what: String,
         /// Why it cannot be used.
         reason: String,
     },
+}
+
+/// The parts of a set of credentials, to say which one is at fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Our certificate chain.
+    Chain,
+    /// Our private key (or the key/certificate pairing).
+    Key,
+    /// The trust bundle.
+    TrustBundle,
+    /// The revocation lists.
+    Crls,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CertError> {

@@ -71,7 +71,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// Parse and validate configuration text; `path` is used in errors and to
 /// resolve relative file paths (relative to the config file's folder).
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    let mut config: Config = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
+    let deserializer =
+        toml::Deserializer::parse(text).map_err(|e| syntax_error(text, path, &e, None))?;
+    let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        syntax_error(text, path, e.inner(), Some(key))
+    })?;
     let errors = validate::validate(&config);
     if !errors.is_empty() {
         return Err(ConfigErrors {
@@ -85,18 +90,59 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     Ok(config)
 }
 
-fn syntax_error(text: &str, path: &Path, error: &toml::de::Error) -> ConfigErrors {
-    let key = match error.span() {
-        Some(span) => {
-            let before = text.get(..span.start).unwrap_or(text);
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            let source_line = text.lines().nth(line - 1).unwrap_or("").trim();
-            format!("line {line}, column {column} (`{source_line}`)")
-        }
-        None => "(syntax)".to_string(),
+/// A parse or type error, keyed by the key path when serde knows it (e.g.
+/// `inbound[0].bakend`) and always by line and column when toml knows them.
+fn syntax_error(
+    text: &str,
+    path: &Path,
+    error: &toml::de::Error,
+    key_path: Option<String>,
+) -> ConfigErrors {
+    let location = error.span().map(|span| {
+        let before = text.get(..span.start).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let source_line = text.lines().nth(line - 1).unwrap_or("").trim();
+        format!("line {line}, column {column} (`{source_line}`)")
+    });
+    let mut key_path = key_path.filter(|k| !k.is_empty() && k != ".");
+    // serde reports a missing key at its table; name the key itself.
+    if let Some(missing) = error
+        .message()
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        key_path = Some(match key_path {
+            Some(table) => format!("{table}.{missing}"),
+            None => missing.to_string(),
+        });
+    }
+    let key = match (key_path, location) {
+        (Some(key), Some(location)) => format!("{key} at {location}"),
+        (Some(key), None) => key,
+        (None, Some(location)) => location,
+        (None, None) => "(syntax)".to_string(),
     };
-    ConfigErrors::one(path, key, error.message().trim().to_string())
+    ConfigErrors::one(path, key, friendlier(error.message().trim()))
+}
+
+/// serde's wording for the values people most often get wrong, made concrete.
+fn friendlier(message: &str) -> String {
+    if message.contains("invalid socket address syntax") {
+        return format!(
+            "{message}: expected IP:port such as \"0.0.0.0:8443\" or \"[::1]:8443\" (host names are not allowed here)"
+        );
+    }
+    if message.contains("expected usize") || message.contains("expected u64") {
+        return format!("{message}: expected a whole number");
+    }
+    if message.contains("expected a duration") {
+        return message.replace(
+            "expected a duration",
+            "expected a duration such as \"500ms\", \"30s\", \"5m\" or \"1h\"",
+        );
+    }
+    message.to_string()
 }
 
 impl Config {

@@ -77,6 +77,9 @@ pub struct FilesIdentity {
     /// Reload the files when they change on disk.
     #[serde(default = "default_true")]
     pub watch: bool,
+    /// Accept a key file that group or others may read (refused by default).
+    #[serde(default)]
+    pub insecure_key_permissions: bool,
 }
 
 /// The lowest TLS version a listener accepts.

@@ -16,6 +16,10 @@ use crate::identity::policy::{Policy, Rule};
 
 /// Longest listener name; names are metric label values.
 const MAX_NAME_LEN: usize = 64;
+/// Most connections one listener may be configured for.
+const MAX_CONNECTIONS: usize = 1_000_000;
+/// Longest timeout accepted (keeps timer arithmetic far from overflow).
+const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
     let mut errors = Errors::default();
@@ -24,6 +28,9 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
 
     if config.admin.enabled {
         addresses.insert(config.admin.listen, "admin.listen".into());
+    }
+    if config.shutdown.drain_timeout > MAX_TIMEOUT {
+        errors.push("shutdown.drain_timeout", "must be at most 365 days");
     }
     if config.inbound.is_empty() && config.outbound.is_empty() {
         errors.push(
@@ -59,12 +66,15 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
                 ("idle_timeout", inbound.idle_timeout),
             ],
         );
-        if inbound.max_connections == 0 {
-            errors.push(format!("{at}.max_connections"), "must be at least 1");
-        }
+        check_max_connections(&mut errors, &at, inbound.max_connections);
         if let Err(rule_errors) = Policy::compile(&inbound.allow, inbound.allow_any_authenticated) {
             for (rule, e) in rule_errors {
-                errors.push(format!("{at}.allow[{rule}].{}", e.field), e.reason);
+                let key = if e.field == "(rule)" {
+                    format!("{at}.allow[{rule}]")
+                } else {
+                    format!("{at}.allow[{rule}].{}", e.field)
+                };
+                errors.push(key, e.reason);
             }
         }
         match (inbound.allow.is_empty(), inbound.allow_any_authenticated) {
@@ -127,9 +137,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
                 ("idle_timeout", outbound.idle_timeout),
             ],
         );
-        if outbound.max_connections == 0 {
-            errors.push(format!("{at}.max_connections"), "must be at least 1");
-        }
+        check_max_connections(&mut errors, &at, outbound.max_connections);
         check_expect(&mut errors, &format!("{at}.expect"), &outbound.expect);
     }
     errors.0
@@ -154,7 +162,7 @@ fn check_name<'a>(
     name: &'a str,
 ) {
     let key = format!("{at}.name");
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
+    if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
         errors.push(&key, format!("must be 1 to {MAX_NAME_LEN} characters"));
     } else if !name
         .chars()
@@ -180,9 +188,20 @@ fn check_listen(
         errors.push(format!("{at}.listen"), "port 0 is not allowed; name a port");
     }
     let key = format!("{at}.listen");
-    if let Some(first) = seen.insert(listen, key.clone()) {
-        errors.push(key, format!("{listen} is already used by {first}"));
+    // 0.0.0.0:P (or [::]:P) takes port P on every address, so it clashes
+    // with any other listener on P.
+    let clash = seen.iter().find(|(other, _)| {
+        other.port() == listen.port()
+            && (**other == listen || other.ip().is_unspecified() || listen.ip().is_unspecified())
+    });
+    if let Some((other, first)) = clash {
+        if *other == listen {
+            errors.push(&key, format!("{listen} is already used by {first}"));
+        } else {
+            errors.push(&key, format!("{listen} overlaps {other} used by {first}"));
+        }
     }
+    seen.insert(listen, key);
 }
 
 /// Check `host:port` (host may be a DNS name, IPv4, or `[IPv6]`); returns the host.
@@ -230,7 +249,18 @@ fn check_timeouts(errors: &mut Errors, at: &str, timeouts: &[(&str, Duration)]) 
     for (name, value) in timeouts {
         if value.is_zero() {
             errors.push(format!("{at}.{name}"), "must be greater than zero");
+        } else if *value > MAX_TIMEOUT {
+            errors.push(format!("{at}.{name}"), "must be at most 365 days");
         }
+    }
+}
+
+fn check_max_connections(errors: &mut Errors, at: &str, value: usize) {
+    if value == 0 || value > MAX_CONNECTIONS {
+        errors.push(
+            format!("{at}.max_connections"),
+            format!("must be from 1 to {MAX_CONNECTIONS}"),
+        );
     }
 }
 

@@ -183,7 +183,10 @@ where
 async fn idle_watchdog(last_activity: &AtomicU64, start: Instant, timeout: Duration) {
     loop {
         let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
-        let deadline = start + last + timeout;
+        // Config caps timeouts far below overflow; never panic regardless.
+        let Some(deadline) = start.checked_add(last.saturating_add(timeout)) else {
+            return std::future::pending().await;
+        };
         if Instant::now() >= deadline {
             return;
         }

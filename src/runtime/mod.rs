@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminState, Metrics};
-use crate::certs::{self, CertError};
+use crate::certs;
 use crate::config::{
     Config, ConfigError, ConfigErrors, IdentityConfig, InboundConfig, OutboundConfig,
 };
@@ -72,7 +72,7 @@ fn one_error(path: &Path, key: &str, reason: String) -> ConfigErrors {
 pub fn prepare(config: Config, path: &Path) -> Result<Prepared, ConfigErrors> {
     let provider = default_provider();
     let material = load_identity(&config.identity, &provider)
-        .map_err(|e| one_error(path, "identity", e.to_string()))?;
+        .map_err(|e| one_error(path, &e.key, e.message))?;
     let store = Arc::new(IdentityStore::new(material, provider));
     let (inbound, outbound) = build_listeners(&config, &store, path)?;
     Ok(Prepared {
@@ -143,9 +143,9 @@ fn build_outbound(
 fn load_identity(
     identity: &IdentityConfig,
     provider: &Arc<rustls::crypto::CryptoProvider>,
-) -> Result<TlsMaterial, CertError> {
+) -> Result<TlsMaterial, certs::files::FilesError> {
     match identity {
-        IdentityConfig::Files(files) => TlsMaterial::build(certs::files::load(files)?, provider),
+        IdentityConfig::Files(files) => certs::files::load_material(files, provider),
     }
 }
 

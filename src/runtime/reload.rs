@@ -131,7 +131,7 @@ impl Runtime {
         let material = if identity_changed {
             Some(
                 load_identity(&config.identity, self.store.provider())
-                    .map_err(|e| format!("identity: {e}"))?,
+                    .map_err(|e| e.to_string())?,
             )
         } else {
             None

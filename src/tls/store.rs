@@ -18,6 +18,7 @@ use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use webpki::OwnedCertRevocationList;
 
+use crate::certs::pem::Part;
 use crate::certs::{CertError, Credentials};
 
 /// One consistent set of identity and trust material.
@@ -60,20 +61,23 @@ impl TlsMaterial {
             crls,
         } = credentials;
         let leaf = chain.first().ok_or_else(|| CertError::Invalid {
+            part: Part::Chain,
             what: "certificate chain".into(),
             reason: "is empty".into(),
         })?;
         let leaf_not_after = leaf_not_after(leaf)?;
         let certified_key =
             CertifiedKey::from_der(chain, key, provider).map_err(|e| CertError::Invalid {
+                part: Part::Key,
                 what: "certificate and key".into(),
-                reason: format!("{e} (is the key the one the certificate was issued for?)"),
+                reason: format!("{e}: the key is not the one the certificate was issued for"),
             })?;
         let mut roots = RootCertStore::empty();
         for (index, cert) in trust_bundle.iter().enumerate() {
             roots.add(cert.clone()).map_err(|e| CertError::Invalid {
+                part: Part::TrustBundle,
                 what: format!("trust bundle certificate #{}", index + 1),
-                reason: e.to_string(),
+                reason: format!("cannot be used as a trust anchor ({e})"),
             })?;
         }
         let roots = Arc::new(roots);
@@ -85,6 +89,7 @@ impl TlsMaterial {
             builder = builder.with_crls(crls);
         }
         let client_chain_verifier = builder.build().map_err(|e| CertError::Invalid {
+            part: Part::TrustBundle,
             what: "trust bundle".into(),
             reason: e.to_string(),
         })?;
@@ -107,13 +112,15 @@ impl TlsMaterial {
 fn leaf_not_after(leaf: &CertificateDer<'_>) -> Result<i64, CertError> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| CertError::Invalid {
+        part: Part::Chain,
         what: "leaf certificate".into(),
         reason: format!("does not parse: {e}"),
     })?;
     Ok(cert.validity().not_after.timestamp())
 }
 
-fn parse_crls(
+/// Parse DER CRLs (also used to check each CRL file on its own).
+pub fn parse_crls(
     crls: &[CertificateRevocationListDer<'static>],
 ) -> Result<Vec<webpki::CertRevocationList<'static>>, CertError> {
     crls.iter()
@@ -122,8 +129,9 @@ fn parse_crls(
             OwnedCertRevocationList::from_der(der)
                 .map(webpki::CertRevocationList::from)
                 .map_err(|e| CertError::Invalid {
+                    part: Part::Crls,
                     what: format!("CRL #{}", index + 1),
-                    reason: format!("{e:?}"),
+                    reason: format!("not a valid certificate revocation list ({e:?})"),
                 })
         })
         .collect()
