@@ -176,6 +176,7 @@ fn dev_config(options: &DevOptions, files: &DevFiles, backend: &str) -> Config {
         shutdown: ShutdownConfig {
             drain_timeout: Duration::from_secs(5),
         },
+        watch: vec![],
     }
 }
 

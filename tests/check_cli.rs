@@ -410,7 +410,7 @@ fn malformed_cases() -> Vec<Case> {
             "no-listeners",
             IDENTITY,
             "(file)",
-            "no [[inbound]] or [[outbound]] listener is configured",
+            "nothing to do: no [[inbound]], [[outbound]] or [[watch]] entry is configured",
         ),
         case(
             "empty-identity-path",

@@ -5,6 +5,9 @@
 //! and reasons from fixed lists, certificate labels from our own (small)
 //! chain and trust bundle. Nothing is labelled per peer or per connection.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
     exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -30,9 +33,9 @@ pub struct Metrics {
     pub connection_errors: IntCounterVec,
     /// `portcullis_bytes_total{listener,direction}`: direction is `upstream` (client to server) or `downstream`.
     pub bytes: IntCounterVec,
-    /// `portcullis_cert_expiration_timestamp_seconds{role,subject,serial,spiffe_id}`.
+    /// `portcullis_cert_expiration_timestamp_seconds{role,subject,serial,spiffe_id,source}`.
     pub cert_expiration: GaugeVec,
-    /// `portcullis_cert_not_before_timestamp_seconds{role,subject,serial,spiffe_id}`.
+    /// `portcullis_cert_not_before_timestamp_seconds{role,subject,serial,spiffe_id,source}`.
     pub cert_not_before: GaugeVec,
     /// `portcullis_cert_rotations_total{result}`: new own certificates installed or refused.
     pub cert_rotations: IntCounterVec,
@@ -43,6 +46,12 @@ pub struct Metrics {
     pub reauthorization_closed: IntCounterVec,
     /// `portcullis_config_last_reload_success_timestamp_seconds`.
     pub config_last_reload_success: IntGauge,
+    /// `portcullis_peer_cert_expiration_min_timestamp_seconds{listener}`.
+    pub peer_cert_expiration_min: GaugeVec,
+    /// `portcullis_watch_errors_total{source}`: `[[watch]]` reads that failed.
+    pub watch_errors: IntCounterVec,
+    cert_series: Arc<Mutex<HashMap<String, Vec<Vec<String>>>>>,
+    peer_expiry: Arc<Mutex<HashMap<String, PeerExpiryWindow>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -115,7 +124,7 @@ impl Metrics {
             ),
             &["listener", "direction"],
         )?;
-        let cert_labels = ["role", "subject", "serial", "spiffe_id"];
+        let cert_labels = ["role", "subject", "serial", "spiffe_id", "source"];
         let cert_expiration = GaugeVec::new(
             Opts::new(
                 "portcullis_cert_expiration_timestamp_seconds",
@@ -169,6 +178,26 @@ impl Metrics {
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
         registry.register(Box::new(reauthorization_closed.clone()))?;
+        let peer_cert_expiration_min = GaugeVec::new(
+            Opts::new(
+                "portcullis_peer_cert_expiration_min_timestamp_seconds",
+                "Soonest notAfter among peer certificates seen on the listener in the last 10 to 20 minutes.",
+            ),
+            &["listener"],
+        )?;
+        let watch_errors = IntCounterVec::new(
+            Opts::new(
+                "portcullis_watch_errors_total",
+                "Failed reads of certificates named by [[watch]] entries.",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(peer_cert_expiration_min.clone()))?;
+        registry.register(Box::new(watch_errors.clone()))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -188,6 +217,10 @@ impl Metrics {
             config_reloads,
             reauthorization_closed,
             config_last_reload_success,
+            peer_cert_expiration_min,
+            watch_errors,
+            cert_series: Arc::new(Mutex::new(HashMap::new())),
+            peer_expiry: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -198,6 +231,7 @@ impl Metrics {
 
     /// Everything in Prometheus text exposition format.
     pub fn encode(&self) -> Result<String, prometheus::Error> {
+        self.refresh_peer_expiry();
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
@@ -206,37 +240,137 @@ impl Metrics {
 
 impl Metrics {
     /// Replace the certificate gauges with our current chain (leaf first,
-    /// then intermediates) and trust bundle. Old series are removed so a
-    /// rotated-out certificate does not linger.
+    /// then intermediates) and trust bundle (`source="identity"`).
     pub fn set_own_certs(
         &self,
         chain: &[rustls_pki_types::CertificateDer<'_>],
         trust_bundle: &[rustls_pki_types::CertificateDer<'_>],
     ) {
-        self.cert_expiration.reset();
-        self.cert_not_before.reset();
-        let roles = chain
+        let certs: Vec<(&str, &[u8])> = chain
             .iter()
             .enumerate()
-            .map(|(i, c)| (if i == 0 { "leaf" } else { "intermediate" }, c))
-            .chain(trust_bundle.iter().map(|c| ("trust", c)));
-        for (role, der) in roles {
+            .map(|(i, c)| (if i == 0 { "leaf" } else { "intermediate" }, c.as_ref()))
+            .chain(trust_bundle.iter().map(|c| ("trust", c.as_ref())))
+            .collect();
+        self.set_certs(OWN_SOURCE, &certs);
+    }
+
+    /// Replace every certificate series of `source` with `certs` (role, DER).
+    /// Series of a certificate no longer present are removed, so a
+    /// rotated-out or deleted certificate does not linger.
+    pub fn set_certs(&self, source: &str, certs: &[(&str, &[u8])]) {
+        let Ok(mut exported) = self.cert_series.lock() else {
+            return;
+        };
+        for labels in exported.remove(source).unwrap_or_default() {
+            let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+            let _ = self.cert_expiration.remove_label_values(&refs);
+            let _ = self.cert_not_before.remove_label_values(&refs);
+        }
+        let mut now_exported = Vec::new();
+        for (role, der) in certs {
             let Ok(summary) = crate::inspect::summarize_der(der) else {
                 continue;
             };
-            let spiffe = summary.spiffe_id.as_deref().unwrap_or("");
-            let labels = [
-                role,
-                summary.subject.as_str(),
-                summary.serial.as_str(),
-                spiffe,
+            let labels = vec![
+                role.to_string(),
+                summary.subject.clone(),
+                summary.serial.clone(),
+                summary.spiffe_id.clone().unwrap_or_default(),
+                source.to_string(),
             ];
+            let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
             self.cert_expiration
-                .with_label_values(&labels)
+                .with_label_values(&refs)
                 .set(summary.not_after as f64);
             self.cert_not_before
-                .with_label_values(&labels)
+                .with_label_values(&refs)
                 .set(summary.not_before as f64);
+            now_exported.push(labels);
+        }
+        if !now_exported.is_empty() {
+            exported.insert(source.to_string(), now_exported);
         }
     }
+
+    /// Note a peer certificate's expiry seen on `listener`.
+    pub fn observe_peer_expiry(&self, listener: &str, not_after: i64) {
+        let now = unix_now();
+        if let Ok(mut windows) = self.peer_expiry.lock() {
+            let window = windows
+                .entry(listener.to_string())
+                .or_insert(PeerExpiryWindow {
+                    started: now,
+                    current: None,
+                    previous: None,
+                });
+            window.roll(now);
+            window.current = Some(window.current.map_or(not_after, |m| m.min(not_after)));
+        }
+    }
+
+    /// Bring the peer expiry gauges up to date: the soonest expiry seen in
+    /// the current and the previous window, or no series when none was seen.
+    fn refresh_peer_expiry(&self) {
+        let now = unix_now();
+        let Ok(mut windows) = self.peer_expiry.lock() else {
+            return;
+        };
+        for (listener, window) in windows.iter_mut() {
+            window.roll(now);
+            match window.soonest() {
+                Some(min) => self
+                    .peer_cert_expiration_min
+                    .with_label_values(&[listener])
+                    .set(min as f64),
+                None => {
+                    let _ = self
+                        .peer_cert_expiration_min
+                        .remove_label_values(&[listener]);
+                }
+            }
+        }
+    }
+}
+
+/// The `source` label value of our own certificates.
+pub const OWN_SOURCE: &str = "identity";
+
+/// How long one peer-expiry window lasts; the gauge covers one to two windows.
+const PEER_EXPIRY_WINDOW_SECS: i64 = 600;
+
+/// Soonest peer certificate expiry per window, for one listener.
+#[derive(Debug, Clone, Copy)]
+struct PeerExpiryWindow {
+    started: i64,
+    current: Option<i64>,
+    previous: Option<i64>,
+}
+
+impl PeerExpiryWindow {
+    fn roll(&mut self, now: i64) {
+        let elapsed = now - self.started;
+        if elapsed >= 2 * PEER_EXPIRY_WINDOW_SECS {
+            self.previous = None;
+            self.current = None;
+            self.started = now;
+        } else if elapsed >= PEER_EXPIRY_WINDOW_SECS {
+            self.previous = self.current.take();
+            self.started += PEER_EXPIRY_WINDOW_SECS;
+        }
+    }
+
+    fn soonest(&self) -> Option<i64> {
+        match (self.current, self.previous) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

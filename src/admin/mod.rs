@@ -1,8 +1,10 @@
 //! The admin surface: metric definitions and the admin HTTP endpoint
-//! (`/metrics`, `/healthz`, `/readyz`).
+//! (`/metrics`, `/healthz`, `/readyz`, `/certs`, `POST /reload`), and the
+//! `[[watch]]` certificate expiry exporter.
 
 pub mod metrics;
 pub mod server;
+pub mod watch;
 
 pub use metrics::Metrics;
 pub use server::AdminState;

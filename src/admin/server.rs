@@ -105,6 +105,14 @@ async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byt
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         },
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/certs" => {
+            let mut response = text(StatusCode::OK, certs_json(state));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
         "/readyz" => match state.readiness() {
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
             Err(reason) => text(
@@ -114,9 +122,45 @@ async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byt
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics /healthz /readyz, or POST /reload\n".into(),
+            "not found; try /metrics /healthz /readyz /certs, or POST /reload\n".into(),
         ),
     }
+}
+
+/// Our chain and trust bundle as JSON: public facts only, never key material.
+fn certs_json(state: &AdminState) -> String {
+    let material = state.store.current();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let chain = material
+        .certified_key
+        .cert
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (if i == 0 { "leaf" } else { "intermediate" }, c));
+    let bundle = material.trust_bundle.iter().map(|c| ("trust", c));
+    let certs: Vec<serde_json::Value> = chain
+        .chain(bundle)
+        .filter_map(|(role, der)| {
+            let s = crate::inspect::summarize_der(der).ok()?;
+            Some(serde_json::json!({
+                "role": role,
+                "subject": s.subject,
+                "issuer": s.issuer,
+                "spiffe_id": s.spiffe_id,
+                "dns_sans": s.dns_sans,
+                "serial": s.serial,
+                "not_before": s.not_before,
+                "not_after": s.not_after,
+                "seconds_left": s.not_after - now,
+            }))
+        })
+        .collect();
+    let mut body = serde_json::json!({ "certificates": certs }).to_string();
+    body.push('\n');
+    body
 }
 
 /// Ask the runtime to reload and answer with the outcome: 200 and what

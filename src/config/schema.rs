@@ -30,6 +30,34 @@ pub struct Config {
     /// Process-wide shutdown behaviour.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Extra certificates to export expiry metrics for (files, folders, TLS endpoints).
+    #[serde(default)]
+    pub watch: Vec<WatchConfig>,
+}
+
+/// `[[watch]]`: certificates whose expiry is exported with `role="watched"`.
+/// Exactly one of `path` and `endpoint`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// A PEM file, or a folder whose `*.pem`, `*.crt` and `*.cer` files are read.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A TLS endpoint `host:port` whose presented chain is read.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// SNI for `endpoint`; defaults to its host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Client certificate for endpoints that require one.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// Key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// How often to read.
+    #[serde(default = "default_watch_interval", with = "humantime_serde")]
+    pub interval: Duration,
 }
 
 /// `[admin]`: the admin HTTP endpoint.
@@ -247,6 +275,10 @@ fn default_idle_timeout() -> Duration {
 
 fn default_max_connections() -> usize {
     4096
+}
+
+fn default_watch_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_drain_timeout() -> Duration {

@@ -32,10 +32,10 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
     if config.shutdown.drain_timeout > MAX_TIMEOUT {
         errors.push("shutdown.drain_timeout", "must be at most 365 days");
     }
-    if config.inbound.is_empty() && config.outbound.is_empty() {
+    if config.inbound.is_empty() && config.outbound.is_empty() && config.watch.is_empty() {
         errors.push(
             "(file)",
-            "no [[inbound]] or [[outbound]] listener is configured",
+            "nothing to do: no [[inbound]], [[outbound]] or [[watch]] entry is configured",
         );
     }
     match &config.identity {
@@ -139,6 +139,47 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
         );
         check_max_connections(&mut errors, &at, outbound.max_connections);
         check_expect(&mut errors, &format!("{at}.expect"), &outbound.expect);
+    }
+    for (i, watch) in config.watch.iter().enumerate() {
+        let at = format!("watch[{i}]");
+        match (&watch.path, &watch.endpoint) {
+            (Some(_), Some(_)) | (None, None) => {
+                errors.push(&at, "set exactly one of `path` and `endpoint`")
+            }
+            (Some(path), None) => {
+                if path.as_os_str().is_empty() {
+                    errors.push(format!("{at}.path"), "path is empty");
+                }
+                for (key, set) in [
+                    ("server_name", watch.server_name.is_some()),
+                    ("client_cert", watch.client_cert.is_some()),
+                    ("client_key", watch.client_key.is_some()),
+                ] {
+                    if set {
+                        errors.push(format!("{at}.{key}"), "only applies to `endpoint`");
+                    }
+                }
+            }
+            (None, Some(endpoint)) => {
+                let host = check_host_port(&mut errors, &format!("{at}.endpoint"), endpoint);
+                let name = watch.server_name.clone().or(host);
+                if let Some(name) = name {
+                    if ServerName::try_from(name.as_str()).is_err() {
+                        errors.push(
+                            format!("{at}.server_name"),
+                            format!("{name:?} is not a valid DNS name or IP address"),
+                        );
+                    }
+                }
+                if watch.client_cert.is_some() != watch.client_key.is_some() {
+                    errors.push(
+                        format!("{at}.client_key"),
+                        "set both `client_cert` and `client_key`, or neither",
+                    );
+                }
+            }
+        }
+        check_timeouts(&mut errors, &at, &[("interval", watch.interval)]);
     }
     errors.0
 }

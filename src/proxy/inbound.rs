@@ -114,6 +114,9 @@ pub async fn handle(
         .with_label_values(&[name, direction, "success"])
         .inc();
     let identity = record.identity.clone();
+    if let Some(identity) = &identity {
+        metrics.observe_peer_expiry(name, identity.not_after);
+    }
     let peer_name = identity
         .as_ref()
         .map(|i| i.display_name())

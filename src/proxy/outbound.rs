@@ -152,6 +152,9 @@ pub async fn handle(
         .handshakes
         .with_label_values(&[name, direction, "success"])
         .inc();
+    if let Some(upstream_identity) = &record.identity {
+        metrics.observe_peer_expiry(name, upstream_identity.not_after);
+    }
 
     let up = metrics.bytes.with_label_values(&[name, "upstream"]);
     let down = metrics.bytes.with_label_values(&[name, "downstream"]);

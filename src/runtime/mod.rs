@@ -179,6 +179,8 @@ pub struct Runtime {
     inbound: BTreeMap<String, Running<InboundSettings>>,
     outbound: BTreeMap<String, Running<OutboundSettings>>,
     identity_watch: CancellationToken,
+    cert_watch: CancellationToken,
+    cert_watch_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Bind and serve `prepared` until a shutdown signal, then drain.
@@ -264,6 +266,8 @@ pub async fn serve(
         inbound: BTreeMap::new(),
         outbound: BTreeMap::new(),
         identity_watch: CancellationToken::new(),
+        cert_watch: CancellationToken::new(),
+        cert_watch_tasks: Vec::new(),
     };
     for (listener, settings) in inbound_sockets {
         runtime.start_inbound(listener, settings)?;
@@ -272,6 +276,7 @@ pub async fn serve(
         runtime.start_outbound(listener, settings)?;
     }
     runtime.watch_identity()?;
+    runtime.watch_certs().await;
     if let Some(path) = &path {
         reload::spawn_config_watcher(
             path.clone(),
@@ -398,6 +403,21 @@ impl Runtime {
             .context("cannot watch the identity files")?;
         }
         Ok(())
+    }
+
+    /// (Re)start the `[[watch]]` exporters of the current config; the old
+    /// ones finish removing their series first.
+    async fn watch_certs(&mut self) {
+        self.cert_watch.cancel();
+        for task in self.cert_watch_tasks.drain(..) {
+            let _ = task.await;
+        }
+        self.cert_watch = self.shared.stop_all.child_token();
+        self.cert_watch_tasks = crate::admin::watch::spawn_all(
+            &self.config.watch,
+            &self.shared.metrics,
+            &self.cert_watch,
+        );
     }
 
     /// Stop accepting everywhere, drain live connections up to the drain

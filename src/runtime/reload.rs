@@ -243,7 +243,12 @@ impl Runtime {
                 changes.push(format!("removed outbound {name}"));
             }
         }
+        let watch_changed = config.watch != self.config.watch;
         self.config = config;
+        if watch_changed {
+            self.watch_certs().await;
+            changes.push("watch".to_string());
+        }
         for item in added {
             let result = match item {
                 Added::Inbound(socket, settings) => {

@@ -327,6 +327,26 @@ impl Proxy {
     /// Start `portcullis run` with `config` (an `[admin]` section is added)
     /// and wait until `/readyz` answers 200.
     pub fn start(dir: &Path, config: &str) -> Proxy {
+        let mut proxy = Proxy::spawn(dir, config);
+        proxy.wait_ready();
+        proxy
+    }
+
+    /// Start `portcullis run` and wait only until `/healthz` answers (the
+    /// proxy may be alive but not ready).
+    pub fn start_unready(dir: &Path, config: &str) -> Proxy {
+        let proxy = Proxy::spawn(dir, config);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = http_get(proxy.admin, "/healthz") {
+                return proxy;
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        panic!("portcullis not alive in 15s; log:\n{}", proxy.logs());
+    }
+
+    fn spawn(dir: &Path, config: &str) -> Proxy {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let text = format!("[admin]\nlisten = \"{admin}\"\n\n{config}");
         let config_path = dir.join(format!("portcullis-{}.toml", admin.port()));
@@ -348,14 +368,12 @@ impl Proxy {
                 sink.lock().unwrap().push('\n');
             }
         });
-        let mut proxy = Proxy {
+        Proxy {
             child,
             admin,
             log,
             config_path,
-        };
-        proxy.wait_ready();
-        proxy
+        }
     }
 
     fn wait_ready(&mut self) {
