@@ -66,6 +66,12 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The internal CA that proxies get and renew their certificates from.
+    Ca {
+        /// What to do.
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Certificate tools.
     Cert {
         /// What to do with certificates.
@@ -84,5 +90,64 @@ pub enum CertCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `portcullis ca ...`.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a root and an intermediate CA in a new folder (keys 0600); refuses to overwrite.
+    Init {
+        /// Folder to create the CA in.
+        #[arg(long)]
+        dir: PathBuf,
+        /// SPIFFE trust domain, e.g. example.org.
+        #[arg(long)]
+        trust_domain: String,
+    },
+    /// Issue a certificate offline (bootstrapping, tests): writes PREFIX.crt (chain), PREFIX.key, PREFIX.bundle.crt.
+    Issue {
+        /// The CA folder.
+        #[arg(long)]
+        dir: PathBuf,
+        /// SPIFFE ID of the certificate.
+        #[arg(long)]
+        spiffe_id: String,
+        /// DNS SANs to add.
+        #[arg(long)]
+        dns: Vec<String>,
+        /// Lifetime, e.g. 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: humantime::Duration,
+        /// Output path prefix.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Mint a bootstrap token (JWT) that authorizes exactly one SPIFFE ID.
+    Token {
+        /// The CA folder.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The SPIFFE ID the token may obtain a certificate for.
+        #[arg(long)]
+        spiffe_id: String,
+        /// Lifetime of the token.
+        #[arg(long, default_value = "10m")]
+        ttl: humantime::Duration,
+    },
+    /// Serve the CA's HTTPS signing API.
+    Serve {
+        /// CA server configuration (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Revoke a certificate by serial; it appears in the CRL the CA serves.
+    Revoke {
+        /// The CA folder.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Serial number in hex (as `cert inspect` prints it).
+        #[arg(long)]
+        serial: String,
     },
 }

@@ -45,6 +45,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Ca { command } => match portcullis::ca::run_command(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Cert {
             command: CertCommand::Inspect { file, json },
         } => match portcullis::inspect::inspect_file(&file) {
