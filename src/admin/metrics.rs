@@ -37,6 +37,9 @@ pub struct Metrics {
     pub cert_expiration: GaugeVec,
     /// `portcullis_cert_not_before_timestamp_seconds{role,subject,serial,spiffe_id,source}`.
     pub cert_not_before: GaugeVec,
+    /// `portcullis_cert_renewal_timestamp_seconds`: when the next renewal of
+    /// our certificate is planned (CA source only).
+    pub cert_renewal_timestamp: prometheus::Gauge,
     /// `portcullis_cert_rotations_total{result}`: new own certificates installed or refused.
     pub cert_rotations: IntCounterVec,
     /// `portcullis_config_reloads_total{result}`.
@@ -139,6 +142,10 @@ impl Metrics {
             ),
             &cert_labels,
         )?;
+        let cert_renewal_timestamp = prometheus::Gauge::new(
+            "portcullis_cert_renewal_timestamp_seconds",
+            "When the next renewal of our own certificate is planned, as a Unix timestamp (CA source only).",
+        )?;
         let cert_rotations = IntCounterVec::new(
             Opts::new(
                 "portcullis_cert_rotations_total",
@@ -175,6 +182,7 @@ impl Metrics {
         registry.register(Box::new(cert_expiration.clone()))?;
         registry.register(Box::new(cert_not_before.clone()))?;
         registry.register(Box::new(cert_rotations.clone()))?;
+        registry.register(Box::new(cert_renewal_timestamp.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
         registry.register(Box::new(reauthorization_closed.clone()))?;
@@ -214,6 +222,7 @@ impl Metrics {
             cert_expiration,
             cert_not_before,
             cert_rotations,
+            cert_renewal_timestamp,
             config_reloads,
             reauthorization_closed,
             config_last_reload_success,

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use rustls::crypto::CryptoProvider;
 
 use super::pem::{check_key_permissions, load_certs, load_crls, load_key, Part};
-use super::{CertError, Credentials};
+use super::{CertError, Credentials, SourceError};
 use crate::admin::Metrics;
 use crate::config::FilesIdentity;
 use crate::tls::store::parse_crls;
@@ -32,19 +32,9 @@ const DEBOUNCE: Duration = Duration::from_millis(250);
 /// How often the files are re-read even without change events.
 const POLL_INTERVAL: Duration = Duration::from_secs(30);
 
-/// A `files` identity that cannot be used: the config key at fault and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {message}")]
-pub struct FilesError {
-    /// The config key, e.g. `identity.key` or `identity.crls[1]`.
-    pub key: String,
-    /// What is wrong, naming the file.
-    pub message: String,
-}
-
-fn at(key: impl Into<String>) -> impl FnOnce(CertError) -> FilesError {
+fn at(key: impl Into<String>) -> impl FnOnce(CertError) -> SourceError {
     let key = key.into();
-    move |error| FilesError {
+    move |error| SourceError {
         key,
         message: error.to_string(),
     }
@@ -55,7 +45,7 @@ fn at(key: impl Into<String>) -> impl FnOnce(CertError) -> FilesError {
 pub fn load_material(
     config: &FilesIdentity,
     provider: &Arc<CryptoProvider>,
-) -> Result<TlsMaterial, FilesError> {
+) -> Result<TlsMaterial, SourceError> {
     let chain = load_certs(&config.cert).map_err(at("identity.cert"))?;
     let key = load_key(&config.key).map_err(at("identity.key"))?;
     if !config.insecure_key_permissions {
@@ -66,7 +56,7 @@ pub fn load_material(
     for (index, path) in config.crls.iter().enumerate() {
         let key = format!("identity.crls[{index}]");
         let file_crls = load_crls(path).map_err(at(key.clone()))?;
-        parse_crls(&file_crls).map_err(|e| FilesError {
+        parse_crls(&file_crls).map_err(|e| SourceError {
             key,
             message: format!("{}: {}", path.display(), reason_of(&e)),
         })?;
@@ -80,7 +70,7 @@ pub fn load_material(
     };
     TlsMaterial::build(credentials, provider).map_err(|error| match &error {
         CertError::Invalid { part, what, reason } => match part {
-            Part::Key => FilesError {
+            Part::Key => SourceError {
                 key: "identity.key".into(),
                 message: format!(
                     "{} does not match the certificate in {}: use the key the certificate was issued for",
@@ -88,20 +78,20 @@ pub fn load_material(
                     config.cert.display()
                 ),
             },
-            Part::Chain => FilesError {
+            Part::Chain => SourceError {
                 key: "identity.cert".into(),
                 message: format!("{}: {what}: {reason}", config.cert.display()),
             },
-            Part::TrustBundle => FilesError {
+            Part::TrustBundle => SourceError {
                 key: "identity.trust_bundle".into(),
                 message: format!("{}: {what}: {reason}", config.trust_bundle.display()),
             },
-            Part::Crls => FilesError {
+            Part::Crls => SourceError {
                 key: "identity.crls".into(),
                 message: format!("{what}: {reason}"),
             },
         },
-        other => FilesError {
+        other => SourceError {
             key: "identity".into(),
             message: other.to_string(),
         },

@@ -1,9 +1,11 @@
 //! Where our own certificate comes from: PEM files on disk (watched for
-//! changes) today; the internal CA later. A source yields `Credentials`; the
+//! changes), or the internal CA (renewed before expiry). A source yields `Credentials`; the
 //! TLS layer (`tls::IdentityStore`) turns them into what rustls serves.
 
+pub mod ca_client;
 pub mod files;
 pub mod pem;
+pub mod rotation;
 
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
@@ -21,3 +23,13 @@ pub struct Credentials {
 }
 
 pub use pem::CertError;
+
+/// An identity source that cannot be used: the config key at fault and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct SourceError {
+    /// The config key, e.g. `identity.key` or `identity.crls[1]`.
+    pub key: String,
+    /// What is wrong, naming the file.
+    pub message: String,
+}

@@ -161,6 +161,25 @@ impl Config {
                 fix(&mut files.trust_bundle);
                 files.crls.iter_mut().for_each(fix);
             }
+            IdentityConfig::Ca(ca) => {
+                fix(&mut ca.ca_bundle);
+                fix(&mut ca.token_file);
+                if let Some(dir) = &mut ca.write_dir {
+                    fix(dir);
+                }
+            }
+        }
+        for watch in &mut self.watch {
+            for path in [
+                &mut watch.path,
+                &mut watch.client_cert,
+                &mut watch.client_key,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                fix(path);
+            }
         }
     }
 }

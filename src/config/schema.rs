@@ -87,6 +87,38 @@ impl Default for AdminConfig {
 pub enum IdentityConfig {
     /// PEM files on disk, watched for changes.
     Files(FilesIdentity),
+    /// Short-lived certificates from `portcullis ca serve`, renewed automatically.
+    Ca(CaIdentity),
+}
+
+/// `[identity] source = "ca"`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CaIdentity {
+    /// Base URL of the CA, `https://host:port`.
+    pub url: String,
+    /// PEM file with the CA's root(s): verifies the CA server and seeds the trust bundle.
+    pub ca_bundle: PathBuf,
+    /// File holding the bootstrap token (JWT); re-read on every use.
+    pub token_file: PathBuf,
+    /// TLS server name of the CA; defaults to the URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Lifetime to ask for; the CA caps it.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Renew when this fraction of the lifetime has passed.
+    #[serde(default = "default_renew_at")]
+    pub renew_at: f64,
+    /// Longest pause between retries after a failed renewal.
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// How often to refresh the trust bundle from the CA.
+    #[serde(default = "default_bundle_refresh", with = "humantime_serde")]
+    pub bundle_refresh: Duration,
+    /// Also write cert.pem, key.pem (0600) and bundle.pem here for a co-located app.
+    #[serde(default)]
+    pub write_dir: Option<PathBuf>,
 }
 
 /// `[identity] source = "files"`.
@@ -275,6 +307,18 @@ fn default_idle_timeout() -> Duration {
 
 fn default_max_connections() -> usize {
     4096
+}
+
+fn default_renew_at() -> f64 {
+    2.0 / 3.0
+}
+
+fn default_retry_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_bundle_refresh() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_watch_interval() -> Duration {

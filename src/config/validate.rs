@@ -39,6 +39,58 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
         );
     }
     match &config.identity {
+        IdentityConfig::Ca(ca) => {
+            match ca.url.strip_prefix("https://") {
+                None => errors.push(
+                    "identity.url",
+                    format!("{:?} must start with https://", ca.url),
+                ),
+                Some(rest) => {
+                    let authority = rest.trim_end_matches('/');
+                    if authority.contains('/') {
+                        errors.push(
+                            "identity.url",
+                            "give only https://host:port, without a path",
+                        );
+                    } else if let Some(host) =
+                        check_host_port(&mut errors, "identity.url", authority)
+                    {
+                        let name = ca.server_name.clone().unwrap_or(host);
+                        if ServerName::try_from(name.as_str()).is_err() {
+                            errors.push(
+                                "identity.server_name",
+                                format!("{name:?} is not a valid DNS name or IP address"),
+                            );
+                        }
+                    }
+                }
+            }
+            for (key, path) in [
+                ("identity.ca_bundle", &ca.ca_bundle),
+                ("identity.token_file", &ca.token_file),
+            ] {
+                if path.as_os_str().is_empty() {
+                    errors.push(key, "path is empty");
+                }
+            }
+            if !(ca.renew_at > 0.0 && ca.renew_at < 1.0) {
+                errors.push(
+                    "identity.renew_at",
+                    "must be between 0 and 1 (exclusive), e.g. 0.66",
+                );
+            }
+            if let Some(ttl) = ca.ttl {
+                check_timeouts(&mut errors, "identity", &[("ttl", ttl)]);
+            }
+            check_timeouts(
+                &mut errors,
+                "identity",
+                &[
+                    ("retry_max", ca.retry_max),
+                    ("bundle_refresh", ca.bundle_refresh),
+                ],
+            );
+        }
         IdentityConfig::Files(files) => {
             for (key, path) in [
                 ("identity.cert", &files.cert),

@@ -143,9 +143,17 @@ fn build_outbound(
 fn load_identity(
     identity: &IdentityConfig,
     provider: &Arc<rustls::crypto::CryptoProvider>,
-) -> Result<TlsMaterial, certs::files::FilesError> {
+) -> Result<TlsMaterial, certs::SourceError> {
     match identity {
         IdentityConfig::Files(files) => certs::files::load_material(files, provider),
+        // The first certificate is asked for once serving starts; until then
+        // a placeholder keeps readiness false.
+        IdentityConfig::Ca(ca) => {
+            certs::rotation::placeholder_material(ca, provider).map_err(|e| certs::SourceError {
+                key: "identity.ca_bundle".into(),
+                message: e.to_string(),
+            })
+        }
     }
 }
 
@@ -388,19 +396,29 @@ impl Runtime {
             .unwrap_or(1)
     }
 
-    /// (Re)start the watcher of the identity files named by the current config.
+    /// (Re)start what keeps the identity fresh: the file watcher, or CA renewal.
     fn watch_identity(&mut self) -> anyhow::Result<()> {
         self.identity_watch.cancel();
         self.identity_watch = self.shared.stop_all.child_token();
-        let IdentityConfig::Files(files) = &self.config.identity;
-        if files.watch {
-            certs::files::spawn_watcher(
-                files.clone(),
-                self.store.clone(),
-                self.shared.metrics.clone(),
-                self.identity_watch.clone(),
-            )
-            .context("cannot watch the identity files")?;
+        match &self.config.identity {
+            IdentityConfig::Files(files) if files.watch => {
+                certs::files::spawn_watcher(
+                    files.clone(),
+                    self.store.clone(),
+                    self.shared.metrics.clone(),
+                    self.identity_watch.clone(),
+                )
+                .context("cannot watch the identity files")?;
+            }
+            IdentityConfig::Files(_) => {}
+            IdentityConfig::Ca(ca) => {
+                certs::rotation::spawn(
+                    ca.clone(),
+                    self.store.clone(),
+                    self.shared.metrics.clone(),
+                    self.identity_watch.clone(),
+                );
+            }
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{bind, build_listeners, load_identity, unix_now, Runtime};
+use crate::config::IdentityConfig;
 use crate::proxy::inbound::InboundSettings;
 use crate::proxy::outbound::OutboundSettings;
 use crate::proxy::Direction;
@@ -128,13 +129,19 @@ impl Runtime {
 
         // Build everything; nothing running is touched yet.
         let identity_changed = config.identity != self.config.identity;
-        let material = if identity_changed {
-            Some(
+        let material = match (&config.identity, identity_changed) {
+            (_, false) => None,
+            // A reload must never swap a working certificate for a placeholder:
+            // obtain the first CA certificate now, or fail the reload.
+            (IdentityConfig::Ca(ca), true) => Some(
+                crate::certs::rotation::first_material(ca, self.store.provider())
+                    .await
+                    .map_err(|e| format!("identity: {e}"))?,
+            ),
+            (IdentityConfig::Files(_), true) => Some(
                 load_identity(&config.identity, self.store.provider())
                     .map_err(|e| e.to_string())?,
-            )
-        } else {
-            None
+            ),
         };
         let (inbound, outbound) = build_listeners(&config, &self.store, &path)
             .map_err(|e| e.to_string().trim_end().to_string())?;

@@ -31,8 +31,12 @@ pub struct TlsMaterial {
     pub trust_bundle: Vec<CertificateDer<'static>>,
     /// Revocation lists, parsed.
     pub crls: Vec<webpki::CertRevocationList<'static>>,
+    /// Revocation lists as loaded.
+    pub crl_ders: Vec<CertificateRevocationListDer<'static>>,
     /// Chain verifier for inbound client certificates (trust bundle + CRLs).
     pub client_chain_verifier: Arc<dyn ClientCertVerifier>,
+    /// Our leaf's notBefore, seconds since the Unix epoch.
+    pub leaf_not_before: i64,
     /// Our leaf's expiry, seconds since the Unix epoch.
     pub leaf_not_after: i64,
 }
@@ -65,13 +69,67 @@ impl TlsMaterial {
             what: "certificate chain".into(),
             reason: "is empty".into(),
         })?;
-        let leaf_not_after = leaf_not_after(leaf)?;
+        let (leaf_not_before, leaf_not_after) = leaf_validity(leaf)?;
         let certified_key =
             CertifiedKey::from_der(chain, key, provider).map_err(|e| CertError::Invalid {
                 part: Part::Key,
                 what: "certificate and key".into(),
                 reason: format!("{e}: the key is not the one the certificate was issued for"),
             })?;
+        let trust = Trust::build(trust_bundle, crls, provider)?;
+        Ok(TlsMaterial {
+            certified_key: Arc::new(certified_key),
+            roots: trust.roots,
+            trust_bundle: trust.bundle,
+            crls: trust.crls,
+            crl_ders: trust.crl_ders,
+            client_chain_verifier: trust.verifier,
+            leaf_not_before,
+            leaf_not_after,
+        })
+    }
+
+    /// The same certificate and key with a new trust bundle (CRLs kept).
+    pub fn with_trust_bundle(
+        &self,
+        trust_bundle: Vec<CertificateDer<'static>>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<TlsMaterial, CertError> {
+        let trust = Trust::build(trust_bundle, crls, provider)?;
+        Ok(TlsMaterial {
+            certified_key: self.certified_key.clone(),
+            roots: trust.roots,
+            trust_bundle: trust.bundle,
+            crls: trust.crls,
+            crl_ders: trust.crl_ders,
+            client_chain_verifier: trust.verifier,
+            leaf_not_before: self.leaf_not_before,
+            leaf_not_after: self.leaf_not_after,
+        })
+    }
+
+    /// True while our leaf certificate has not expired.
+    pub fn leaf_is_valid(&self, now: UnixTime) -> bool {
+        i64::try_from(now.as_secs()).is_ok_and(|now| now <= self.leaf_not_after)
+    }
+}
+
+/// Trust anchors, CRLs and the client chain verifier built from them.
+struct Trust {
+    bundle: Vec<CertificateDer<'static>>,
+    roots: Arc<RootCertStore>,
+    crls: Vec<webpki::CertRevocationList<'static>>,
+    crl_ders: Vec<CertificateRevocationListDer<'static>>,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl Trust {
+    fn build(
+        trust_bundle: Vec<CertificateDer<'static>>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Trust, CertError> {
         let mut roots = RootCertStore::empty();
         for (index, cert) in trust_bundle.iter().enumerate() {
             roots.add(cert.clone()).map_err(|e| CertError::Invalid {
@@ -86,37 +144,34 @@ impl TlsMaterial {
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                 .allow_unknown_revocation_status();
         if !crls.is_empty() {
-            builder = builder.with_crls(crls);
+            builder = builder.with_crls(crls.clone());
         }
-        let client_chain_verifier = builder.build().map_err(|e| CertError::Invalid {
+        let verifier = builder.build().map_err(|e| CertError::Invalid {
             part: Part::TrustBundle,
             what: "trust bundle".into(),
             reason: e.to_string(),
         })?;
-        Ok(TlsMaterial {
-            certified_key: Arc::new(certified_key),
+        Ok(Trust {
+            bundle: trust_bundle,
             roots,
-            trust_bundle,
             crls: parsed_crls,
-            client_chain_verifier,
-            leaf_not_after,
+            crl_ders: crls,
+            verifier,
         })
-    }
-
-    /// True while our leaf certificate has not expired.
-    pub fn leaf_is_valid(&self, now: UnixTime) -> bool {
-        i64::try_from(now.as_secs()).is_ok_and(|now| now <= self.leaf_not_after)
     }
 }
 
-fn leaf_not_after(leaf: &CertificateDer<'_>) -> Result<i64, CertError> {
+fn leaf_validity(leaf: &CertificateDer<'_>) -> Result<(i64, i64), CertError> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| CertError::Invalid {
         part: Part::Chain,
         what: "leaf certificate".into(),
         reason: format!("does not parse: {e}"),
     })?;
-    Ok(cert.validity().not_after.timestamp())
+    Ok((
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    ))
 }
 
 /// Parse DER CRLs (also used to check each CRL file on its own).
@@ -168,6 +223,17 @@ impl IdentityStore {
         let material = Arc::new(material);
         self.current.store(material.clone());
         material
+    }
+
+    /// Keep our certificate, trust a new bundle; on error the old one stays.
+    pub fn replace_trust_bundle(
+        &self,
+        trust_bundle: Vec<CertificateDer<'static>>,
+    ) -> Result<Arc<TlsMaterial>, CertError> {
+        let current = self.current();
+        let material =
+            current.with_trust_bundle(trust_bundle, current.crl_ders.clone(), &self.provider)?;
+        Ok(self.install_material(material))
     }
 
     /// Validate and install new credentials; on error the old ones stay.
