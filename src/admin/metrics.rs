@@ -342,6 +342,42 @@ impl Metrics {
     }
 }
 
+/// Counts a connection as open until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(prometheus::IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Metrics {
+    /// Count an accepted connection; it is counted as open until the
+    /// returned guard is dropped, whichever way the connection ends.
+    pub fn connection_opened(&self, listener: &str, direction: &str) -> OpenConnection {
+        self.connections_total
+            .with_label_values(&[listener, direction])
+            .inc();
+        let open = self
+            .connections_open
+            .with_label_values(&[listener, direction]);
+        open.inc();
+        OpenConnection(open)
+    }
+
+    /// A callback adding (upstream, downstream) byte deltas to the
+    /// listener's counters; the label lookups happen once, here.
+    pub fn byte_counter(&self, listener: &str) -> impl Fn(u64, u64) + Sync {
+        let up = self.bytes.with_label_values(&[listener, "upstream"]);
+        let down = self.bytes.with_label_values(&[listener, "downstream"]);
+        move |u, d| {
+            up.inc_by(u);
+            down.inc_by(d);
+        }
+    }
+}
+
 /// The `source` label value of our own certificates.
 pub const OWN_SOURCE: &str = "identity";
 

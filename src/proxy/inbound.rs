@@ -68,15 +68,7 @@ pub async fn handle(
     let name = &*settings.name;
     let direction = Direction::Inbound.as_str();
     let metrics = &ctx.metrics;
-    metrics
-        .connections_total
-        .with_label_values(&[name, direction])
-        .inc();
-    let open = metrics
-        .connections_open
-        .with_label_values(&[name, direction]);
-    open.inc();
-    let _open_guard = scopeguard(move || open.dec());
+    let _open = metrics.connection_opened(name, direction);
     let started = Instant::now();
     let local = stream.local_addr().ok();
 
@@ -195,12 +187,7 @@ pub async fn handle(
     let _live = identity
         .clone()
         .map(|identity| ctx.live.register(identity, close.clone()));
-    let up = metrics.bytes.with_label_values(&[name, "upstream"]);
-    let down = metrics.bytes.with_label_values(&[name, "downstream"]);
-    let on_bytes = move |u: u64, d: u64| {
-        up.inc_by(u);
-        down.inc_by(d);
-    };
+    let on_bytes = metrics.byte_counter(name);
     let outcome = pipe(
         tls,
         backend,
@@ -284,17 +271,4 @@ async fn backend_failed(
     tracing::warn!(listener = name, %peer, peer_identity = %peer_name, backend, %error, "backend unreachable; closing client connection");
     // Close cleanly: the client sees close_notify and EOF, not a reset.
     let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
-}
-
-/// Runs `f` when dropped, so gauges are decremented on every exit path.
-pub(crate) fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsConnector;
 
-use super::inbound::{count_decision, scopeguard};
+use super::inbound::count_decision;
 use super::pipe::pipe;
 use super::{ConnectionContext, Direction};
 use crate::admin::metrics::reason;
@@ -68,15 +68,7 @@ pub async fn handle(
     let name = &*settings.name;
     let direction = Direction::Outbound.as_str();
     let metrics = &ctx.metrics;
-    metrics
-        .connections_total
-        .with_label_values(&[name, direction])
-        .inc();
-    let open = metrics
-        .connections_open
-        .with_label_values(&[name, direction]);
-    open.inc();
-    let _open_guard = scopeguard(move || open.dec());
+    let _open = metrics.connection_opened(name, direction);
     let started = Instant::now();
 
     let upstream = match timeout(
@@ -156,12 +148,7 @@ pub async fn handle(
         metrics.observe_peer_expiry(name, upstream_identity.not_after);
     }
 
-    let up = metrics.bytes.with_label_values(&[name, "upstream"]);
-    let down = metrics.bytes.with_label_values(&[name, "downstream"]);
-    let on_bytes = move |u: u64, d: u64| {
-        up.inc_by(u);
-        down.inc_by(d);
-    };
+    let on_bytes = metrics.byte_counter(name);
     let outcome = pipe(
         client,
         tls,

@@ -250,6 +250,9 @@ impl Runtime {
                 changes.push(format!("removed outbound {name}"));
             }
         }
+        if config.shutdown != self.config.shutdown {
+            changes.push("shutdown".to_string());
+        }
         let watch_changed = config.watch != self.config.watch;
         self.config = config;
         if watch_changed {
