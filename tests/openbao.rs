@@ -137,8 +137,10 @@ fn openbao_issued_certificates_work_through_the_files_source() {
     let path = |name: &str| dir.path().join(name);
 
     // What an agent would write: certificate, key (SEC1 from OpenBao), CA.
-    let (cert, key, first_serial) =
-        bao.issue("spiffe://example.org/ns/api/sa/server", Some("proxy.example.org"));
+    let (cert, key, first_serial) = bao.issue(
+        "spiffe://example.org/ns/api/sa/server",
+        Some("proxy.example.org"),
+    );
     std::fs::write(path("tls.crt"), &cert).unwrap();
     write_private(&path("tls.key"), &key);
     std::fs::write(path("ca.crt"), &root_pem).unwrap();
@@ -169,15 +171,21 @@ fn openbao_issued_certificates_work_through_the_files_source() {
     };
     let trim = |s: &str| s.trim_start_matches('0').to_string();
     assert_eq!(trim(&served(&frontend)), trim(&first_serial));
-    let (cert, key, second_serial) =
-        bao.issue("spiffe://example.org/ns/api/sa/server", Some("proxy.example.org"));
+    let (cert, key, second_serial) = bao.issue(
+        "spiffe://example.org/ns/api/sa/server",
+        Some("proxy.example.org"),
+    );
     write_private(&path("tls.key.tmp"), &key);
     std::fs::rename(path("tls.key.tmp"), path("tls.key")).unwrap();
     std::fs::write(path("tls.crt.tmp"), &cert).unwrap();
     std::fs::rename(path("tls.crt.tmp"), path("tls.crt")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while trim(&served(&frontend)) != trim(&second_serial) {
-        assert!(Instant::now() < deadline, "renewed cert not served:\n{}", proxy.logs());
+        assert!(
+            Instant::now() < deadline,
+            "renewed cert not served:\n{}",
+            proxy.logs()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     echo_roundtrip(addr, frontend).expect("still admitted after renewal");
