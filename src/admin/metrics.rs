@@ -39,7 +39,8 @@ pub struct Metrics {
     pub cert_not_before: GaugeVec,
     /// `portcullis_cert_renewal_timestamp_seconds`: when the next renewal of
     /// our certificate is planned (CA source only).
-    pub cert_renewal_timestamp: prometheus::Gauge,
+    /// Only exported once a renewal is planned: no series with the files source.
+    pub cert_renewal_timestamp: GaugeVec,
     /// `portcullis_cert_rotations_total{result}`: new own certificates installed or refused.
     pub cert_rotations: IntCounterVec,
     /// `portcullis_config_reloads_total{result}`.
@@ -142,9 +143,12 @@ impl Metrics {
             ),
             &cert_labels,
         )?;
-        let cert_renewal_timestamp = prometheus::Gauge::new(
-            "portcullis_cert_renewal_timestamp_seconds",
-            "When the next renewal of our own certificate is planned, as a Unix timestamp (CA source only).",
+        let cert_renewal_timestamp = GaugeVec::new(
+            Opts::new(
+                "portcullis_cert_renewal_timestamp_seconds",
+                "When the next renewal of our own certificate is planned, as a Unix timestamp (CA source only).",
+            ),
+            &[],
         )?;
         let cert_rotations = IntCounterVec::new(
             Opts::new(
@@ -209,6 +213,11 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Both results exist from the start, so increase() sees the first failure.
+        for result in ["success", "failure"] {
+            cert_rotations.with_label_values(&[result]).inc_by(0);
+            config_reloads.with_label_values(&[result]).inc_by(0);
+        }
         Ok(Metrics {
             registry,
             build_info,

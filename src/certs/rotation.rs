@@ -136,7 +136,10 @@ fn until_renewal(config: &CaIdentity, store: &IdentityStore, metrics: &Metrics) 
     // Up to 10% of the lifetime earlier than the configured point.
     let jitter = lifetime * 0.1 * random_fraction();
     let due = not_before as f64 + lifetime * config.renew_at - jitter;
-    metrics.cert_renewal_timestamp.set(due);
+    metrics
+        .cert_renewal_timestamp
+        .with_label_values::<&str>(&[])
+        .set(due);
     Duration::from_secs_f64((due - now as f64).max(0.0))
 }
 
