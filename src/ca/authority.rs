@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use rcgen::{
     CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, PublicKeyData,
-    RevokedCertParams, SerialNumber, SigningKey,
+    RevokedCertParams, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -27,8 +27,8 @@ use crate::identity::{PeerIdentity, SpiffeId};
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorityError {
     /// A certificate or key file is missing or unreadable.
-    #[error(transparent)]
-    Files(#[from] CertError),
+    #[error("{0}")]
+    Files(CertError),
     /// A CA file cannot be used.
     #[error("{}: {reason}", path.display())]
     Invalid {
@@ -48,6 +48,14 @@ pub enum AuthorityError {
         /// rcgen's error.
         reason: String,
     },
+}
+
+// By hand rather than `#[from]`: `CertError` already says its cause, and
+// chaining it too would print the OS error twice.
+impl From<CertError> for AuthorityError {
+    fn from(error: CertError) -> Self {
+        AuthorityError::Files(error)
+    }
 }
 
 /// A certificate just issued.
@@ -78,6 +86,7 @@ pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
     /// The intermediate's subject key identifier, for the CRL's AKI.
     key_id: Option<Vec<u8>>,
+    intermediates: Vec<CertificateDer<'static>>,
     intermediates_pem: String,
     bundle: Vec<CertificateDer<'static>>,
     bundle_pem: String,
@@ -114,9 +123,7 @@ pub fn certs_pem(certs: &[CertificateDer<'_>]) -> String {
 pub fn trust_domain_of(der: &[u8]) -> Option<String> {
     let identity = PeerIdentity::from_der(der, &[]).ok()?;
     let id = identity.spiffe_id?;
-    id.path()
-        .is_empty()
-        .then(|| id.trust_domain().to_string())
+    id.path().is_empty().then(|| id.trust_domain().to_string())
 }
 
 impl Authority {
@@ -136,7 +143,9 @@ impl Authority {
         let key = KeyPair::try_from(&key_der)
             .map_err(|e| invalid(&key_path, format!("unusable private key: {e}")))?;
         let bundle = pem::load_certs(&dir.file(files::BUNDLE))?;
-        let intermediate = &certs[0];
+        let intermediate = certs
+            .first()
+            .ok_or_else(|| invalid(&cert_path, "holds no certificate".into()))?;
         let (_, parsed) = X509Certificate::from_der(intermediate)
             .map_err(|e| invalid(&cert_path, format!("does not parse: {e}")))?;
         if !parsed.is_ca() {
@@ -154,14 +163,18 @@ impl Authority {
                 "names no trust domain (a URI SAN `spiffe://<trust domain>` is expected)".into(),
             )
         })?;
-        let not_after = OffsetDateTime::from_unix_timestamp(parsed.validity().not_after.timestamp())
-            .map_err(|e| invalid(&cert_path, format!("bad notAfter: {e}")))?;
-        let key_id = parsed.extensions().iter().find_map(|ext| match ext.parsed_extension() {
-            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(ski) => {
-                Some(ski.0.to_vec())
-            }
-            _ => None,
-        });
+        let not_after =
+            OffsetDateTime::from_unix_timestamp(parsed.validity().not_after.timestamp())
+                .map_err(|e| invalid(&cert_path, format!("bad notAfter: {e}")))?;
+        let key_id = parsed
+            .extensions()
+            .iter()
+            .find_map(|ext| match ext.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(ski) => {
+                    Some(ski.0.to_vec())
+                }
+                _ => None,
+            });
         let issuer = Issuer::from_ca_cert_der(intermediate, key)
             .map_err(|e| invalid(&cert_path, format!("cannot be used to sign: {e}")))?;
         Ok(Authority {
@@ -169,6 +182,7 @@ impl Authority {
             issuer,
             key_id,
             intermediates_pem: certs_pem(&certs),
+            intermediates: certs,
             bundle_pem: certs_pem(&bundle),
             bundle,
             not_after,
@@ -188,6 +202,11 @@ impl Authority {
     /// The trust bundle, DER.
     pub fn bundle(&self) -> &[CertificateDer<'static>] {
         &self.bundle
+    }
+
+    /// The issuing CA certificate(s), DER, to follow a leaf in a chain.
+    pub fn intermediates(&self) -> &[CertificateDer<'static>] {
+        &self.intermediates
     }
 
     /// The intermediate's notAfter.

@@ -39,8 +39,7 @@ pub fn verified_public_key(pem: &str) -> Result<SubjectPublicKeyInfo, CsrError> 
     if !rest.is_empty() {
         return Err(CsrError::Parse("trailing bytes after the request".into()));
     }
-    csr.verify_signature()
-        .map_err(|_| CsrError::BadSignature)?;
+    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
     let spki = &csr.certification_request_info.subject_pki;
     if let Ok(PublicKey::RSA(rsa)) = spki.parsed() {
         if rsa.key_size() < MIN_RSA_BITS {
@@ -51,9 +50,7 @@ pub fn verified_public_key(pem: &str) -> Result<SubjectPublicKeyInfo, CsrError> 
         }
     }
     SubjectPublicKeyInfo::from_der(spki.raw).map_err(|e| {
-        CsrError::UnsupportedKey(format!(
-            "{e} (use ECDSA P-256/P-384, Ed25519 or RSA 2048+)"
-        ))
+        CsrError::UnsupportedKey(format!("{e} (use ECDSA P-256/P-384, Ed25519 or RSA 2048+)"))
     })
 }
 

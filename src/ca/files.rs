@@ -89,39 +89,36 @@ impl CaDir {
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// Writing failed.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}: {error}", path.display())]
     Write {
         /// The file.
         path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        /// The OS error (in the message, not chained, so it is said once).
+        error: std::io::Error,
     },
     /// Reading failed.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        /// The OS error (in the message, not chained, so it is said once).
+        error: std::io::Error,
     },
     /// A folder cannot be created.
-    #[error("cannot create folder {}: {source}", path.display())]
+    #[error("cannot create folder {}: {error}", path.display())]
     CreateDir {
         /// The folder.
         path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        /// The OS error (in the message, not chained, so it is said once).
+        error: std::io::Error,
     },
 }
 
 /// Read a text file, with the path in the error.
 pub fn read_text(path: &Path) -> Result<String, FileError> {
-    std::fs::read_to_string(path).map_err(|source| FileError::Read {
+    std::fs::read_to_string(path).map_err(|error| FileError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -137,9 +134,9 @@ pub fn create_private_dir(dir: &Path) -> Result<(), FileError> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder.create(dir).map_err(|source| FileError::CreateDir {
+    builder.create(dir).map_err(|error| FileError::CreateDir {
         path: dir.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -148,9 +145,9 @@ pub fn create_private_dir(dir: &Path) -> Result<(), FileError> {
 /// to disk, then renamed over `path`. Readers see the old file or the new
 /// one, never a partial one, and a key is never readable by others.
 pub fn write_atomic(path: &Path, contents: &[u8], private: bool) -> Result<(), FileError> {
-    let err = |source| FileError::Write {
+    let err = |error| FileError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let name = path
         .file_name()

@@ -169,7 +169,11 @@ pub fn init(dir: &Path, trust_domain: &str) -> Result<Created, InitError> {
     let outputs: [(&str, String, bool); 9] = [
         (files::ROOT_KEY, root_key.serialize_pem(), true),
         (files::ROOT_CERT, root.pem(), false),
-        (files::INTERMEDIATE_KEY, intermediate_key.serialize_pem(), true),
+        (
+            files::INTERMEDIATE_KEY,
+            intermediate_key.serialize_pem(),
+            true,
+        ),
         (files::INTERMEDIATE_CERT, intermediate.pem(), false),
         (files::BUNDLE, root.pem(), false),
         (files::TOKEN_KEY, token_key.serialize_pem(), true),

@@ -39,8 +39,8 @@ pub enum TokenError {
         reason: String,
     },
     /// The key files are missing or unusable.
-    #[error(transparent)]
-    Key(#[from] CertError),
+    #[error("{0}")]
+    Key(CertError),
     /// The CA folder cannot be read.
     #[error(transparent)]
     File(#[from] FileError),
@@ -61,6 +61,13 @@ pub enum TokenError {
     /// The lifetime is zero or too long.
     #[error("token lifetime must be between 1s and 24h, not {0:?}")]
     Ttl(Duration),
+}
+
+// By hand rather than `#[from]`, so the OS error is not printed twice.
+impl From<CertError> for TokenError {
+    fn from(error: CertError) -> Self {
+        TokenError::Key(error)
+    }
 }
 
 /// The claims of a CA bootstrap token.
