@@ -26,6 +26,9 @@ use crate::admin::Metrics;
 use crate::config::CaIdentity;
 use crate::tls::{IdentityStore, TlsMaterial};
 
+/// Shortest pause between two renewals of a valid certificate.
+const MIN_RENEWAL_INTERVAL: Duration = Duration::from_secs(1);
+
 /// First pause after a failed renewal.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 
@@ -128,7 +131,10 @@ pub fn spawn(
 fn until_renewal(config: &CaIdentity, store: &IdentityStore, metrics: &Metrics) -> Duration {
     let material = store.current();
     let now = unix_now();
-    let (not_before, not_after) = (material.leaf_not_before, material.leaf_not_after);
+    // CAs backdate notBefore for clock skew; the lifetime we can use
+    // started when we got the certificate.
+    let not_before = material.leaf_not_before.max(material.obtained_at);
+    let not_after = material.leaf_not_after;
     if now >= not_after {
         return Duration::ZERO;
     }
@@ -140,7 +146,9 @@ fn until_renewal(config: &CaIdentity, store: &IdentityStore, metrics: &Metrics) 
         .cert_renewal_timestamp
         .with_label_values::<&str>(&[])
         .set(due);
-    Duration::from_secs_f64((due - now as f64).max(0.0))
+    // Never renew a still-valid certificate in a tight loop, whatever the
+    // CA hands out (e.g. a lifetime shorter than its backdating).
+    Duration::from_secs_f64((due - now as f64).max(MIN_RENEWAL_INTERVAL.as_secs_f64()))
 }
 
 async fn renew(

@@ -37,6 +37,9 @@ pub struct TlsMaterial {
     pub client_chain_verifier: Arc<dyn ClientCertVerifier>,
     /// Our leaf's notBefore, seconds since the Unix epoch.
     pub leaf_not_before: i64,
+    /// When this material was built, seconds since the Unix epoch. CAs
+    /// backdate notBefore, so the usable lifetime starts here.
+    pub obtained_at: i64,
     /// Our leaf's expiry, seconds since the Unix epoch.
     pub leaf_not_after: i64,
 }
@@ -86,6 +89,7 @@ impl TlsMaterial {
             client_chain_verifier: trust.verifier,
             leaf_not_before,
             leaf_not_after,
+            obtained_at: unix_now(),
         })
     }
 
@@ -106,6 +110,7 @@ impl TlsMaterial {
             client_chain_verifier: trust.verifier,
             leaf_not_before: self.leaf_not_before,
             leaf_not_after: self.leaf_not_after,
+            obtained_at: self.obtained_at,
         })
     }
 
@@ -247,4 +252,11 @@ impl IdentityStore {
 /// The crypto provider portcullis uses everywhere.
 pub fn default_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

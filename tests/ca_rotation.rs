@@ -1,0 +1,477 @@
+//! The proxy's `ca` identity source end to end: a real `portcullis ca
+//! serve` on loopback, proxies whose certificates live a few seconds, and
+//! traffic that must not notice the rotations, the CA going away, or the CA
+//! coming back.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const TD: &str = "example.org";
+
+/// `portcullis ca init` in a temp dir, and `ca serve` on a free port.
+struct CaServer {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl CaServer {
+    fn init(root: &Path) -> CaServer {
+        let dir = root.join("ca");
+        let out = Command::new(binary())
+            .args(["ca", "init", "--trust-domain", TD, "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let config = std::fs::read_to_string(dir.join("ca.toml")).unwrap();
+        let config = config
+            .replace(
+                "listen = \"127.0.0.1:8500\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+            )
+            .replace("max_ttl = \"24h\"", "max_ttl = \"1h\"");
+        std::fs::write(dir.join("ca.toml"), config).unwrap();
+        let mut ca = CaServer {
+            dir,
+            port,
+            child: None,
+        };
+        ca.start();
+        ca
+    }
+
+    fn start(&mut self) {
+        let child = Command::new(binary())
+            .args(["ca", "serve", "-c"])
+            .arg(self.dir.join("ca.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "CA did not start");
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn token(&self, spiffe_id: &str, file: &Path) {
+        let out = Command::new(binary())
+            .args(["ca", "token", "--spiffe-id", spiffe_id, "--dir"])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(file, out.stdout).unwrap();
+    }
+
+    /// Offline issuance; returns the client credentials for a rustls client.
+    fn issue(&self, spiffe_id: &str, prefix: &Path) -> Issued {
+        let out = Command::new(binary())
+            .args([
+                "ca",
+                "issue",
+                "--ttl",
+                "1h",
+                "--spiffe-id",
+                spiffe_id,
+                "--dir",
+            ])
+            .arg(&self.dir)
+            .arg("--out")
+            .arg(prefix)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let chain_pem = std::fs::read_to_string(prefix.with_extension("crt")).unwrap();
+        let key = std::fs::read(prefix.with_extension("key")).unwrap();
+        let cert_der = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        Issued {
+            cert_der,
+            chain_pem,
+            key_pem: String::new(),
+            key_der: rustls_pemfile::private_key(&mut key.as_slice())
+                .unwrap()
+                .unwrap()
+                .secret_der()
+                .to_vec(),
+        }
+    }
+
+    fn bundle_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.join("bundle.crt")).unwrap()
+    }
+
+    fn identity_toml(&self, token: &Path, ttl: &str) -> String {
+        format!(
+            "[identity]\nsource = \"ca\"\nurl = \"https://127.0.0.1:{}\"\nca_bundle = {:?}\n\
+             token_file = {token:?}\nttl = \"{ttl}\"\nrenew_at = 0.5\nretry_max = \"1s\"\nbundle_refresh = \"2s\"\n",
+            self.port,
+            self.dir.join("bundle.crt"),
+        )
+    }
+}
+
+impl Drop for CaServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn rotations(proxy: &Proxy) -> f64 {
+    metric_value(
+        &proxy.metrics(),
+        "portcullis_cert_rotations_total",
+        &["result=\"success\""],
+    )
+}
+
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The serial of the certificate the inbound proxy presents now.
+fn served_serial(addr: SocketAddr, client: &Arc<rustls::ClientConfig>) -> Option<String> {
+    let stream = tls_connect(addr, "localhost", client.clone()).ok()?;
+    let der = stream.conn.peer_certificates()?.first()?.clone();
+    Some(portcullis::inspect::summarize_der(&der).ok()?.serial)
+}
+
+#[test]
+fn rotations_under_traffic_break_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = CaServer::init(tmp.path());
+    let api_token = tmp.path().join("api.token");
+    let web_token = tmp.path().join("web.token");
+    ca.token("spiffe://example.org/ns/api/sa/server", &api_token);
+    ca.token("spiffe://example.org/ns/web/sa/frontend", &web_token);
+
+    // Inbound "api" in front of an echo backend, admitting the frontend.
+    let in_port = free_port();
+    let inbound = Proxy::start(
+        tmp.path(),
+        &format!(
+            "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{in_port}\"\nbackend = \"{}\"\n\
+             [[inbound.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/sa/frontend\"\n",
+            ca.identity_toml(&api_token, "4s"),
+            echo_backend()
+        ),
+    );
+    // Outbound "frontend" dialing it, expecting the api identity.
+    let out_port = free_port();
+    let outbound = Proxy::start(
+        tmp.path(),
+        &format!(
+            "{}\n[[outbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{out_port}\"\n\
+             upstream = \"127.0.0.1:{in_port}\"\nserver_name = \"localhost\"\n\
+             expect = {{ spiffe_id = \"spiffe://example.org/ns/api/sa/server\" }}\n",
+            ca.identity_toml(&web_token, "4s"),
+        ),
+    );
+    let out_addr: SocketAddr = format!("127.0.0.1:{out_port}").parse().unwrap();
+    let in_addr: SocketAddr = format!("127.0.0.1:{in_port}").parse().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let exchanges = Arc::new(AtomicUsize::new(0));
+    let mut threads = Vec::new();
+    // Long-lived streams through outbound -> inbound -> backend.
+    for id in 0..8 {
+        let (stop, failures, exchanges) = (stop.clone(), failures.clone(), exchanges.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut stream = TcpStream::connect(out_addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let msg = format!("stream {id} message {n}\n");
+                let mut back = vec![0u8; msg.len()];
+                let ok = stream.write_all(msg.as_bytes()).is_ok()
+                    && stream.read_exact(&mut back).is_ok()
+                    && back == msg.as_bytes();
+                if !ok {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                exchanges.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }));
+    }
+    // New connections (full mTLS handshake on both hops) all the time.
+    {
+        let (stop, failures, exchanges) = (stop.clone(), failures.clone(), exchanges.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let ok = (|| -> std::io::Result<bool> {
+                    let mut s = TcpStream::connect(out_addr)?;
+                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    s.write_all(b"fresh")?;
+                    s.shutdown(std::net::Shutdown::Write)?;
+                    let mut got = Vec::new();
+                    s.read_to_end(&mut got)?;
+                    Ok(got == b"fresh")
+                })()
+                .unwrap_or(false);
+                if ok {
+                    exchanges.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }));
+    }
+
+    // Watch the inbound proxy's certificate change at least 5 times.
+    let observer = ca.issue(
+        "spiffe://example.org/ns/web/sa/frontend",
+        &tmp.path().join("observer"),
+    );
+    let observer = client_config_any_name(Some(&observer), &ca.bundle_pem());
+    let mut serials = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while serials.len() < 6 || rotations(&inbound) < 6.0 || rotations(&outbound) < 6.0 {
+        assert!(
+            Instant::now() < deadline,
+            "too few rotations: {serials:?}\n{}",
+            inbound.logs()
+        );
+        if let Some(serial) = served_serial(in_addr, &observer) {
+            serials.insert(serial);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "broken streams or failed connections"
+    );
+    assert!(exchanges.load(Ordering::Relaxed) > 100);
+    for proxy in [&inbound, &outbound] {
+        let m = proxy.metrics();
+        assert_eq!(
+            metric_value(
+                &m,
+                "portcullis_cert_rotations_total",
+                &["result=\"failure\""]
+            ),
+            0.0
+        );
+        assert_eq!(
+            metric_value(&m, "portcullis_tls_handshakes_total", &[]),
+            metric_value(
+                &m,
+                "portcullis_tls_handshakes_total",
+                &["result=\"success\""]
+            ),
+            "every handshake succeeded:\n{m}"
+        );
+        assert!(metric_value(&m, "portcullis_cert_renewal_timestamp_seconds", &[]) > 0.0);
+    }
+}
+
+#[test]
+fn ca_outage_keeps_serving_until_expiry_then_recovers_by_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ca = CaServer::init(tmp.path());
+    let token = tmp.path().join("api.token");
+    ca.token("spiffe://example.org/ns/api/sa/server", &token);
+    let port = free_port();
+    let proxy = Proxy::start(
+        tmp.path(),
+        &format!(
+            "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{}\"\n\
+             [[inbound.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/sa/frontend\"\n",
+            ca.identity_toml(&token, "6s"),
+            echo_backend()
+        ),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let client = ca.issue(
+        "spiffe://example.org/ns/web/sa/frontend",
+        &tmp.path().join("c"),
+    );
+    let client = client_config_any_name(Some(&client), &ca.bundle_pem());
+    echo_roundtrip(addr, client.clone()).unwrap();
+
+    ca.stop();
+    // Past the renewal point the proxy keeps serving with what it has.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(matches!(http_get(proxy.admin, "/readyz"), Ok((200, _))));
+    echo_roundtrip(addr, client.clone()).expect("still serving on the current certificate");
+    assert!(proxy
+        .logs()
+        .contains("certificate renewal failed; keeping the current certificate"));
+
+    // Once it expires, readiness fails with the reason.
+    wait_until(
+        "readiness to fail",
+        Duration::from_secs(15),
+        || matches!(http_get(proxy.admin, "/readyz"), Ok((503, body)) if body.contains("expired")),
+    );
+
+    // The CA comes back (and the orchestrator has rotated the token, as the
+    // kubelet does for projected tokens): the proxy recovers by itself.
+    ca.token("spiffe://example.org/ns/api/sa/server", &token);
+    ca.start();
+    wait_until("readiness to recover", Duration::from_secs(15), || {
+        matches!(http_get(proxy.admin, "/readyz"), Ok((200, _)))
+    });
+    echo_roundtrip(addr, client).expect("serving again");
+}
+
+#[test]
+fn a_revoked_peer_is_refused_by_an_inbound_proxy_with_the_crl() {
+    if !require_tool("curl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = CaServer::init(tmp.path());
+    // The inbound proxy uses offline-issued files and the CA's CRL.
+    let server = tmp.path().join("server");
+    ca.issue("spiffe://example.org/ns/api/sa/server", &server);
+    let fetch_crl = || {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--cacert"])
+            .arg(ca.dir.join("bundle.crt"))
+            .arg(format!("https://localhost:{}/v1/crl", ca.port))
+            .arg("-o")
+            .arg(tmp.path().join("ca.crl.tmp"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::rename(tmp.path().join("ca.crl.tmp"), tmp.path().join("ca.crl")).unwrap();
+    };
+    fetch_crl();
+    let port = free_port();
+    let proxy = Proxy::start(
+        tmp.path(),
+        &format!(
+            "[identity]\nsource = \"files\"\ncert = \"server.crt\"\nkey = \"server.key\"\n\
+             trust_bundle = \"server.bundle.crt\"\ncrls = [\"ca.crl\"]\n\
+             [[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{}\"\n\
+             [[inbound.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/sa/frontend\"\n",
+            echo_backend()
+        ),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let victim = ca.issue(
+        "spiffe://example.org/ns/web/sa/frontend",
+        &tmp.path().join("victim"),
+    );
+    let bystander = ca.issue(
+        "spiffe://example.org/ns/web/sa/frontend",
+        &tmp.path().join("bystander"),
+    );
+    let victim_cfg = client_config_any_name(Some(&victim), &ca.bundle_pem());
+    let bystander_cfg = client_config_any_name(Some(&bystander), &ca.bundle_pem());
+    echo_roundtrip(addr, victim_cfg.clone()).expect("admitted before revocation");
+
+    let serial = portcullis::inspect::summarize_der(&victim.cert_der)
+        .unwrap()
+        .serial;
+    let out = Command::new(binary())
+        .args(["ca", "revoke", "--serial", &serial, "--dir"])
+        .arg(&ca.dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The CA rebuilds its CRL when revoked.txt changes; fetch until listed.
+    wait_until(
+        "the CRL to list the serial",
+        Duration::from_secs(90),
+        || {
+            fetch_crl();
+            let crl = std::fs::read(tmp.path().join("ca.crl")).unwrap();
+            let crl = portcullis_crl_serials(&crl);
+            crl.iter()
+                .any(|s| s.trim_start_matches('0') == serial.trim_start_matches('0'))
+        },
+    );
+    wait_until(
+        "the proxy to refuse the revoked peer",
+        Duration::from_secs(15),
+        || echo_roundtrip(addr, victim_cfg.clone()).is_err(),
+    );
+    echo_roundtrip(addr, bystander_cfg).expect("an unrevoked peer is still admitted");
+    assert!(
+        metric_value(
+            &proxy.metrics(),
+            "portcullis_tls_handshakes_total",
+            &["result=\"cert_revoked\""]
+        ) >= 1.0
+    );
+}
+
+/// Serials (lowercase hex) listed in a PEM or DER CRL, read with x509-parser.
+fn portcullis_crl_serials(bytes: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::{CertificateRevocationList, FromDer};
+    let der = if bytes.starts_with(b"-----") {
+        match x509_parser::pem::parse_x509_pem(bytes) {
+            Ok((_, pem)) => pem.contents,
+            Err(_) => return Vec::new(),
+        }
+    } else {
+        bytes.to_vec()
+    };
+    match CertificateRevocationList::from_der(&der) {
+        Ok((_, crl)) => crl
+            .iter_revoked_certificates()
+            .map(|r| portcullis::identity::peer::hex(r.raw_serial()))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
