@@ -145,7 +145,7 @@ fn dev_config(options: &DevOptions, files: &DevFiles, backend: &str) -> Config {
     Config {
         admin: AdminConfig {
             listen: options.admin,
-            enabled: true,
+            ..AdminConfig::default()
         },
         identity: IdentityConfig::Files(FilesIdentity {
             cert: files.proxy_cert.clone(),

@@ -257,3 +257,80 @@ fn watch_exports_files_folders_and_endpoints_and_follows_changes() {
         ) > 0.0
     );
 }
+
+/// GET over TLS with a client certificate; the HTTP status, or the error.
+fn https_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut stream = tls_connect(addr, "proxy.example.org", config).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
+    stream.flush().map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {response:?}"))?;
+    Ok((status, response))
+}
+
+#[test]
+fn admin_over_mtls_admits_only_allowed_scrapers() {
+    let pki = Pki::new();
+    pki.issue_files("server", &server_leaf());
+    let admin_port = free_port();
+    let backend = echo_backend();
+    let port = free_port();
+    // Written by hand: the admin section is the subject here.
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\nmtls = true\n\
+         [[admin.allow]]\nspiffe_id = \"spiffe://example.org/ns/monitoring/sa/prometheus\"\n\n{}\n\
+         [[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{backend}\"\n\
+         allow_any_authenticated = true\n",
+        pki.identity_toml("server")
+    );
+    let path = pki.path("admin-mtls.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = std::process::Command::new(binary())
+        .args(["run", "-c"])
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let scraper = pki
+        .intermediate
+        .issue(&Leaf::spiffe("ns/monitoring/sa/prometheus"));
+    let scraper = client_config(Some(&scraper), &pki.root.cert_pem);
+    let mut result = Err(String::new());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        result = https_get(admin, "/metrics", scraper.clone());
+        if result.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = result.expect("allowed scraper gets /metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("portcullis_build_info"));
+
+    let other = pki.intermediate.issue(&Leaf::spiffe("ns/web/sa/frontend"));
+    assert!(https_get(
+        admin,
+        "/metrics",
+        client_config(Some(&other), &pki.root.cert_pem)
+    )
+    .is_err());
+    assert!(https_get(admin, "/metrics", client_config(None, &pki.root.cert_pem)).is_err());
+    // Plain HTTP gets nothing from an mTLS admin listener.
+    assert!(!matches!(http_get(admin, "/metrics"), Ok((200, _))));
+    let _ = child.kill();
+    let _ = child.wait();
+}

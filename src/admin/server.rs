@@ -53,34 +53,80 @@ impl AdminState {
     }
 }
 
-/// Serve admin requests on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+/// Serve admin requests on `listener` until `stop` is cancelled; with
+/// `tls`, every client must complete mTLS and pass the admin allow rules.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    stop: CancellationToken,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
+            // Over mTLS the client is authenticated and authorized, wherever
+            // it is; over plain HTTP only a local client may change anything.
+            let trusted = tls.is_some() || peer.ip().is_loopback();
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, &req).await) }
+                async move { Ok::<_, Infallible>(route(&state, &req, trusted).await) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                None => {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    );
+                    let (result, record) = crate::tls::record_handshake(handshake).await;
+                    match result {
+                        Ok(Ok(tls)) => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(tls), service)
+                                .await;
+                        }
+                        _ => {
+                            let who = record
+                                .identity
+                                .map(|i| i.display_name())
+                                .unwrap_or_default();
+                            tracing::warn!(listener = "admin", %peer, peer_identity = %who, "admin client refused");
+                        }
+                    }
+                }
+            }
         });
     }
 }
 
-async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    state: &AdminState,
+    req: &Request<Incoming>,
+    trusted: bool,
+) -> Response<Full<Bytes>> {
     if req.uri().path() == "/reload" {
         if req.method() != Method::POST {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /reload\n".into());
+        }
+        if !trusted {
+            return text(
+                StatusCode::FORBIDDEN,
+                "POST /reload is accepted only from loopback, or over the admin mTLS listener\n"
+                    .into(),
+            );
         }
         return reload(state).await;
     }

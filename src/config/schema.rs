@@ -70,6 +70,16 @@ pub struct AdminConfig {
     /// Set to false to run without an admin listener.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Serve the admin endpoint over mTLS with our certificate, for scrapes
+    /// from other hosts; clients are authorized by `allow`.
+    #[serde(default)]
+    pub mtls: bool,
+    /// With `mtls`: who may use the admin endpoint (same rules as inbound).
+    #[serde(default)]
+    pub allow: Vec<AllowRule>,
+    /// With `mtls`: admit every client whose chain verifies.
+    #[serde(default)]
+    pub allow_any_authenticated: bool,
 }
 
 impl Default for AdminConfig {
@@ -77,6 +87,9 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: default_admin_listen(),
             enabled: true,
+            mtls: false,
+            allow: Vec::new(),
+            allow_any_authenticated: false,
         }
     }
 }

@@ -29,6 +29,28 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
     if config.admin.enabled {
         addresses.insert(config.admin.listen, "admin.listen".into());
     }
+    let admin = &config.admin;
+    if admin.mtls {
+        if let Err(rule_errors) = Policy::compile(&admin.allow, admin.allow_any_authenticated) {
+            for (rule, e) in rule_errors {
+                errors.push(
+                    format!("admin.allow[{rule}].{}", e.field).replace(".(rule)", ""),
+                    e.reason,
+                );
+            }
+        }
+        if admin.allow.is_empty() && !admin.allow_any_authenticated {
+            errors.push(
+                "admin.allow",
+                "mtls = true with no allow rules would refuse every scraper; add an [[admin.allow]] rule, or allow_any_authenticated = true",
+            );
+        }
+    } else if !admin.allow.is_empty() || admin.allow_any_authenticated {
+        errors.push(
+            "admin.allow",
+            "allow rules apply only with mtls = true (a plain-HTTP admin endpoint cannot see client certificates)",
+        );
+    }
     if config.shutdown.drain_timeout > MAX_TIMEOUT {
         errors.push("shutdown.drain_timeout", "must be at most 365 days");
     }

@@ -259,10 +259,23 @@ pub async fn serve(
             .await
             .with_context(|| format!("admin: cannot listen on {}", config.admin.listen))?;
         bound.admin = Some(listener.local_addr()?);
+        let tls = if config.admin.mtls {
+            let policy = Policy::compile(&config.admin.allow, config.admin.allow_any_authenticated)
+                .map_err(|errors| anyhow::anyhow!("admin.allow: {errors:?}"))?;
+            let server = tls::inbound_server_config(
+                &store,
+                Arc::new(policy),
+                crate::config::TlsVersion::Tls13,
+            )?;
+            Some(TlsAcceptor::from(server))
+        } else {
+            None
+        };
         tokio::spawn(crate::admin::server::serve(
             listener,
             admin_state.clone(),
             admin_stop.clone(),
+            tls,
         ));
     }
 
