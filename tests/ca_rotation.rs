@@ -475,3 +475,43 @@ fn portcullis_crl_serials(bytes: &[u8]) -> Vec<String> {
         Err(_) => Vec::new(),
     }
 }
+
+#[test]
+fn a_new_root_added_to_the_ca_bundle_is_trusted_after_refresh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ca = CaServer::init(tmp.path());
+    let token = tmp.path().join("api.token");
+    ca.token("spiffe://example.org/ns/api/sa/server", &token);
+    let port = free_port();
+    let proxy = Proxy::start(
+        tmp.path(),
+        &format!(
+            "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{}\"\n\
+             [[inbound.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/sa/frontend\"\n",
+            ca.identity_toml(&token, "1h"),
+            echo_backend()
+        ),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // A peer whose chain leads to a root the proxy does not trust yet.
+    let next_root = Ca::root("Next Root CA");
+    let peer = next_root.issue(&Leaf::spiffe("ns/web/sa/frontend"));
+    let roots = format!("{}{}", ca.bundle_pem(), next_root.cert_pem);
+    assert!(echo_roundtrip(addr, client_config_any_name(Some(&peer), &roots)).is_err());
+
+    // CA rotation, step one: the new root joins the CA's bundle.
+    ca.stop();
+    std::fs::write(ca.dir.join("bundle.crt"), &roots).unwrap();
+    ca.start();
+    wait_until(
+        "the proxy to fetch the new bundle",
+        Duration::from_secs(20),
+        || {
+            let (_, body) = http_get(proxy.admin, "/certs").unwrap();
+            body.matches("\"role\":\"trust\"").count() == 2
+        },
+    );
+    echo_roundtrip(addr, client_config_any_name(Some(&peer), &roots))
+        .expect("a peer under the new root is admitted");
+    assert!(proxy.logs().contains("trust bundle refreshed from the CA"));
+}
