@@ -131,6 +131,15 @@ impl Authority {
     /// The key file must not be readable by group or others, and must be
     /// the key of the certificate.
     pub fn load(dir: &CaDir) -> Result<Authority, AuthorityError> {
+        Authority::load_with(dir, false)
+    }
+
+    /// As [`Authority::load`]; `insecure_key_permissions` accepts a key file
+    /// readable by group or others.
+    pub fn load_with(
+        dir: &CaDir,
+        insecure_key_permissions: bool,
+    ) -> Result<Authority, AuthorityError> {
         let cert_path = dir.file(files::INTERMEDIATE_CERT);
         let key_path = dir.file(files::INTERMEDIATE_KEY);
         let invalid = |path: &PathBuf, reason: String| AuthorityError::Invalid {
@@ -138,7 +147,9 @@ impl Authority {
             reason,
         };
         let certs = pem::load_certs(&cert_path)?;
-        pem::check_key_permissions(&key_path)?;
+        if !insecure_key_permissions {
+            pem::check_key_permissions(&key_path)?;
+        }
         let key_der = pem::load_key(&key_path)?;
         let key = KeyPair::try_from(&key_der)
             .map_err(|e| invalid(&key_path, format!("unusable private key: {e}")))?;

@@ -42,6 +42,10 @@ pub struct CaConfig {
     /// Who may mint bootstrap tokens the CA accepts.
     #[serde(default, rename = "provisioner")]
     pub provisioners: Vec<ProvisionerConfig>,
+    /// Accept an intermediate key readable by group or others (e.g. a
+    /// Kubernetes Secret mounted with `fsGroup` and mode 0440).
+    #[serde(default)]
+    pub insecure_key_permissions: bool,
 }
 
 /// `[[provisioner]]`: an issuer of bootstrap JWTs and how its tokens map to
@@ -60,6 +64,15 @@ pub struct ProvisionerConfig {
     /// Identity template, default `{sub}`.
     #[serde(default = "default_identity")]
     pub identity: String,
+    /// Require a `jti` and accept each token once (default). Set to false
+    /// for Kubernetes service-account tokens, which a restarted pod reuses
+    /// until the kubelet rotates them; their short lifetime bounds replay.
+    #[serde(default = "default_single_use")]
+    pub single_use: bool,
+}
+
+fn default_single_use() -> bool {
+    true
 }
 
 fn default_listen() -> SocketAddr {

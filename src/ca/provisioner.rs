@@ -114,6 +114,7 @@ pub struct Provisioner {
     template: IdentityTemplate,
     jwks_path: PathBuf,
     keys: Mutex<KeySet>,
+    single_use: bool,
 }
 
 impl std::fmt::Debug for Provisioner {
@@ -200,6 +201,7 @@ impl Provisioner {
             template,
             keys: Mutex::new(load_jwks(&config.jwks)?),
             jwks_path: config.jwks.clone(),
+            single_use: config.single_use,
         })
     }
 
@@ -269,7 +271,8 @@ pub struct TokenGrant {
     pub provisioner: String,
     /// The identity.
     pub spiffe_id: SpiffeId,
-    replay_key: String,
+    /// None when the provisioner does not make tokens single-use.
+    replay_key: Option<String>,
     exp: u64,
 }
 
@@ -333,11 +336,12 @@ impl Provisioners {
 
     fn grant(&self, provisioner: &Provisioner, claims: Claims) -> Result<TokenGrant, Refusal> {
         let bad = |reason: String| Refusal::new(Code::BadToken, reason);
-        let jti = claims
-            .jti
-            .as_deref()
-            .filter(|j| !j.is_empty())
-            .ok_or_else(|| bad("the token has no jti claim (needed to refuse replays)".into()))?;
+        let jti = claims.jti.as_deref().filter(|j| !j.is_empty());
+        if provisioner.single_use && jti.is_none() {
+            return Err(bad(
+                "the token has no jti claim (needed to refuse replays)".into()
+            ));
+        }
         let kubernetes = claims.kubernetes.as_ref();
         let values = Values {
             sub: claims.sub.as_deref(),
@@ -368,11 +372,13 @@ impl Provisioners {
         Ok(TokenGrant {
             provisioner: provisioner.name.clone(),
             spiffe_id,
-            replay_key: format!(
-                "{}\u{0}{}\u{0}{jti}",
-                provisioner.name,
-                claims.iss.unwrap_or_default()
-            ),
+            replay_key: jti.filter(|_| provisioner.single_use).map(|jti| {
+                format!(
+                    "{}\u{0}{}\u{0}{jti}",
+                    provisioner.name,
+                    claims.iss.clone().unwrap_or_default()
+                )
+            }),
             exp: claims.exp,
         })
     }
@@ -380,16 +386,19 @@ impl Provisioners {
     /// Mark the token as used; refuses a token used before. Used tokens are
     /// remembered until they expire (plus leeway), in memory.
     pub fn consume(&self, grant: &TokenGrant) -> Result<(), Refusal> {
+        let Some(replay_key) = &grant.replay_key else {
+            return Ok(());
+        };
         let now = now_secs();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.retain(|_, exp| exp.saturating_add(LEEWAY_SECS) >= now);
-        if seen.contains_key(&grant.replay_key) {
+        if seen.contains_key(replay_key) {
             return Err(Refusal::new(
                 Code::TokenReplayed,
                 "this token was already used; tokens are single-use",
             ));
         }
-        seen.insert(grant.replay_key.clone(), grant.exp);
+        seen.insert(replay_key.clone(), grant.exp);
         Ok(())
     }
 }
@@ -402,6 +411,10 @@ mod tests {
     use serde_json::json;
 
     fn setup(identity: &str) -> (tempfile::TempDir, KeyPair, Provisioners) {
+        setup_with(identity, true)
+    }
+
+    fn setup_with(identity: &str, single_use: bool) -> (tempfile::TempDir, KeyPair, Provisioners) {
         let dir = tempfile::tempdir().unwrap();
         let key = KeyPair::generate().unwrap();
         let jwks = dir.path().join("jwks.json");
@@ -412,6 +425,7 @@ mod tests {
             audience: "portcullis-ca".into(),
             jwks,
             identity: identity.into(),
+            single_use,
         })
         .unwrap();
         (dir, key, Provisioners::new(vec![p], "example.org"))
@@ -444,6 +458,27 @@ mod tests {
         assert_eq!(
             provisioners.consume(&again).unwrap_err().code,
             Code::TokenReplayed
+        );
+    }
+
+    #[test]
+    fn reusable_provisioner_accepts_a_token_again_and_needs_no_jti() {
+        let (_dir, key, provisioners) = setup_with(
+            "spiffe://{trust_domain}/ns/{namespace}/sa/{serviceaccount}",
+            false,
+        );
+        let mut claims = k8s_claims("unused", now_secs() + 600);
+        claims.as_object_mut().unwrap().remove("jti");
+        let token = sign(&claims, &key).unwrap();
+        for _ in 0..2 {
+            let grant = provisioners.authenticate(&token).unwrap();
+            provisioners.consume(&grant).unwrap();
+        }
+        // Expiry and signature are still enforced.
+        let expired = sign(&k8s_claims("j", now_secs() - 600), &key).unwrap();
+        assert_eq!(
+            provisioners.authenticate(&expired).unwrap_err().code,
+            Code::TokenExpired
         );
     }
 

@@ -94,7 +94,7 @@ fn issue_server_cert(authority: &Authority, config: &CaConfig) -> anyhow::Result
 /// the file and key.
 fn prepare(config: &CaConfig, config_path: &Path) -> anyhow::Result<Signer> {
     let dir = CaDir::new(&config.dir);
-    let authority = Authority::load(&dir)
+    let authority = Authority::load_with(&dir, config.insecure_key_permissions)
         .with_context(|| format!("cannot load the CA in {}", config.dir.display()))?;
     if authority.trust_domain() != config.trust_domain {
         return Err(ConfigErrors {
