@@ -9,7 +9,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 /// Bytes per read; one buffer per direction.
@@ -157,25 +160,91 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buffer = vec![0u8; BUFFER_SIZE];
     loop {
-        let n = match from.read(&mut buffer).await {
-            Ok(n) => n,
+        // The buffer is held only while bytes are in flight: an idle
+        // connection holds none (see `buffers`).
+        let (buffer, n) = match read_pooled(from).await {
+            Ok(read) => read,
             // A peer that closes TCP without TLS close_notify has still
             // finished sending; treat it as EOF rather than an error.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => (buffers::take(), 0),
             Err(e) => return Err(CopyError::Read(e)),
         };
         if n == 0 {
+            buffers::give(buffer);
             // Half-close: pass the EOF on, keep the other direction open.
             let _ = to.shutdown().await;
             return Ok(());
         }
-        to.write_all(&buffer[..n]).await.map_err(CopyError::Write)?;
-        to.flush().await.map_err(CopyError::Write)?;
+        let written = async {
+            to.write_all(&buffer[..n]).await?;
+            to.flush().await
+        }
+        .await;
+        buffers::give(buffer);
+        written.map_err(CopyError::Write)?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
         last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         on_bytes(n as u64);
+    }
+}
+
+/// Read into a pooled buffer. The buffer is taken for each poll and put
+/// back when the read is not ready, which is sound because a pending
+/// `poll_read` leaves the buffer untouched.
+async fn read_pooled<R: AsyncRead + Unpin>(from: &mut R) -> std::io::Result<(Vec<u8>, usize)> {
+    std::future::poll_fn(|cx| {
+        let mut buffer = buffers::take();
+        let mut read_buf = ReadBuf::new(&mut buffer);
+        match Pin::new(&mut *from).poll_read(cx, &mut read_buf) {
+            Poll::Ready(Ok(())) => {
+                let n = read_buf.filled().len();
+                Poll::Ready(Ok((buffer, n)))
+            }
+            Poll::Ready(Err(e)) => {
+                buffers::give(buffer);
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => {
+                buffers::give(buffer);
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// A small per-thread pool of copy buffers, so memory follows the number of
+/// connections moving bytes, not the number of connections open.
+mod buffers {
+    use std::cell::RefCell;
+
+    use super::BUFFER_SIZE;
+
+    /// Most idle buffers kept per worker thread.
+    const MAX_POOLED: usize = 64;
+
+    thread_local! {
+        static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A buffer of `BUFFER_SIZE` bytes.
+    pub(super) fn take() -> Vec<u8> {
+        POOL.with(|pool| pool.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0u8; BUFFER_SIZE])
+    }
+
+    /// Return a buffer to this thread's pool (dropped when the pool is full).
+    pub(super) fn give(buffer: Vec<u8>) {
+        if buffer.len() != BUFFER_SIZE {
+            return;
+        }
+        POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < MAX_POOLED {
+                pool.push(buffer);
+            }
+        });
     }
 }
 
@@ -197,7 +266,7 @@ async fn idle_watchdog(last_activity: &AtomicU64, start: Instant, timeout: Durat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::duplex;
+    use tokio::io::{duplex, AsyncReadExt};
 
     #[tokio::test]
     async fn copies_both_ways_and_honours_half_close() {
