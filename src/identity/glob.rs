@@ -158,12 +158,15 @@ impl Glob {
                         }
                     }
                     Token::Any | Token::Rest => {
+                        // Every position after the first reachable start is
+                        // reachable too: one pass, then no other start adds anything.
                         if matches!(token, Token::Any) {
                             next[start] = true;
                         }
                         for (offset, c) in rest.char_indices() {
                             next[start + offset + c.len_utf8()] = true;
                         }
+                        break;
                     }
                 }
             }
@@ -246,6 +249,19 @@ mod tests {
             Glob::new("a***", Some('/'), false),
             Err(GlobError::TooManyStars)
         );
+    }
+
+    #[test]
+    fn long_values_with_many_stars() {
+        // The input that took seconds when each `*` scanned from every
+        // reachable start (the cost is in benches/micro.rs, not asserted here).
+        let pattern = format!("{}b", "*a".repeat(20));
+        let g = plain(&pattern);
+        let value = "a".repeat(16_000);
+        assert!(!g.matches(&value));
+        assert!(g.matches(&format!("{value}b")));
+        assert!(!g.matches(&format!("{}b", "a".repeat(19))));
+        assert!(g.matches(&format!("{}b", "a".repeat(20))));
     }
 
     #[test]
