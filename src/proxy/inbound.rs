@@ -11,6 +11,7 @@ use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsAcceptor;
 
 use super::pipe::pipe;
+use super::pooled::Pooled;
 use super::proxy_protocol::{encode_v2, TlsPeerInfo};
 use super::{ConnectionContext, Direction};
 use crate::admin::metrics::reason;
@@ -190,7 +191,7 @@ pub async fn handle(
     let on_bytes = metrics.byte_counter(name);
     let outcome = pipe(
         tls,
-        backend,
+        Pooled::new(backend),
         settings.idle_timeout,
         close.cancelled(),
         &on_bytes,

@@ -5,6 +5,7 @@ pub mod inbound;
 pub mod listener;
 pub mod outbound;
 pub mod pipe;
+pub mod pooled;
 pub mod proxy_protocol;
 
 use std::collections::HashMap;

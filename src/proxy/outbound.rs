@@ -13,6 +13,7 @@ use tokio_rustls::TlsConnector;
 
 use super::inbound::count_decision;
 use super::pipe::pipe;
+use super::pooled::Pooled;
 use super::{ConnectionContext, Direction};
 use crate::admin::metrics::reason;
 use crate::config::{split_host_port, OutboundConfig};
@@ -150,7 +151,7 @@ pub async fn handle(
 
     let on_bytes = metrics.byte_counter(name);
     let outcome = pipe(
-        client,
+        Pooled::new(client),
         tls,
         settings.idle_timeout,
         ctx.force_close.cancelled(),

@@ -5,18 +5,21 @@
 //! side's write half is shut down and the opposite direction keeps flowing,
 //! so a client that half-closes still receives the whole response. An error
 //! in either direction (a reset) ends both.
+//!
+//! Both sides are read as `AsyncBufRead` and written from the reader's own
+//! buffer: a TLS side hands out rustls's decrypted record (no copy into a
+//! pipe buffer), a plain side reads into a pooled buffer (see
+//! [`super::pooled`]) that an idle connection does not hold.
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use std::pin::Pin;
-use std::task::Poll;
-
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-
-/// Bytes per read; one buffer per direction.
-const BUFFER_SIZE: usize = 16 * 1024;
 
 /// Why a pipe ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +59,16 @@ pub struct PipeOutcome {
     pub reason: CloseReason,
 }
 
+/// `ready!` for [`Copy::poll`], whose pending value is `Ok(Poll::Pending)`.
+macro_rules! ready_or_return {
+    ($poll:expr) => {
+        match $poll {
+            Poll::Ready(value) => value,
+            Poll::Pending => return Ok(Poll::Pending),
+        }
+    };
+}
+
 /// Which side failed, to report the right close reason.
 enum Side {
     Client,
@@ -66,60 +79,48 @@ enum Side {
 /// idle timeout passes, or `cancel` resolves. `on_bytes` is called with
 /// (upstream, downstream) deltas as bytes move, for live metrics.
 pub async fn pipe<C, S>(
-    client: C,
-    server: S,
+    mut client: C,
+    mut server: S,
     idle_timeout: Duration,
-    cancel: impl std::future::Future<Output = ()>,
+    cancel: impl Future<Output = ()>,
     on_bytes: &(dyn Fn(u64, u64) + Sync),
 ) -> PipeOutcome
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncBufRead + AsyncWrite + Unpin,
+    S: AsyncBufRead + AsyncWrite + Unpin,
 {
-    let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut server_read, mut server_write) = tokio::io::split(server);
     let start = Instant::now();
     let last_activity = AtomicU64::new(0);
-    let upstream = AtomicU64::new(0);
-    let downstream = AtomicU64::new(0);
+    let mut upstream = Copy::default();
+    let mut downstream = Copy::default();
 
-    let copy_up = copy_one_way(
-        &mut client_read,
-        &mut server_write,
-        &upstream,
-        &last_activity,
-        start,
-        |n| on_bytes(n, 0),
-    );
-    let copy_down = copy_one_way(
-        &mut server_read,
-        &mut client_write,
-        &downstream,
-        &last_activity,
-        start,
-        |n| on_bytes(0, n),
-    );
-    let both = async {
-        tokio::try_join!(
-            async {
-                copy_up.await.map_err(|e| match e {
-                    CopyError::Read(e) => (Side::Client, e),
-                    CopyError::Write(e) => (Side::Server, e),
-                })
-            },
-            async {
-                copy_down.await.map_err(|e| match e {
-                    CopyError::Read(e) => (Side::Server, e),
-                    CopyError::Write(e) => (Side::Client, e),
-                })
-            },
-        )
-    };
+    let both = std::future::poll_fn(|cx| {
+        let moved = |up: u64, down: u64| {
+            on_bytes(up, down);
+            last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        };
+        let up = upstream
+            .poll(cx, &mut client, &mut server, &mut |n| moved(n, 0))
+            .map_err(|e| match e {
+                CopyError::Read(e) => (Side::Client, e),
+                CopyError::Write(e) => (Side::Server, e),
+            })?;
+        let down = downstream
+            .poll(cx, &mut server, &mut client, &mut |n| moved(0, n))
+            .map_err(|e| match e {
+                CopyError::Read(e) => (Side::Server, e),
+                CopyError::Write(e) => (Side::Client, e),
+            })?;
+        match (up, down) {
+            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    });
     let idle = idle_watchdog(&last_activity, start, idle_timeout);
 
     let reason = tokio::select! {
         result = both => match result {
-            Ok(_) => CloseReason::Complete,
+            Ok(()) => CloseReason::Complete,
             Err((Side::Client, e)) => CloseReason::ClientError(e.to_string()),
             Err((Side::Server, e)) => CloseReason::ServerError(e.to_string()),
         },
@@ -130,121 +131,92 @@ where
         // Closed by us, not by a peer: say so properly (TLS close_notify,
         // then FIN) rather than just dropping the sockets.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let _ = tokio::join!(client_write.shutdown(), server_write.shutdown());
+            let _ = tokio::join!(client.shutdown(), server.shutdown());
         })
         .await;
     }
     PipeOutcome {
-        upstream_bytes: upstream.load(Ordering::Relaxed),
-        downstream_bytes: downstream.load(Ordering::Relaxed),
+        upstream_bytes: upstream.bytes,
+        downstream_bytes: downstream.bytes,
         reason,
     }
 }
 
 /// A failed copy: the read side or the write side broke.
 enum CopyError {
-    Read(std::io::Error),
-    Write(std::io::Error),
+    Read(io::Error),
+    Write(io::Error),
 }
 
-/// Copy `from` to `to` until EOF, then shut down `to`'s write side.
-async fn copy_one_way<R, W>(
-    from: &mut R,
-    to: &mut W,
-    counter: &AtomicU64,
-    last_activity: &AtomicU64,
-    start: Instant,
-    on_bytes: impl Fn(u64),
-) -> Result<(), CopyError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    loop {
-        // The buffer is held only while bytes are in flight: an idle
-        // connection holds none (see `buffers`).
-        let (buffer, n) = match read_pooled(from).await {
-            Ok(read) => read,
-            // A peer that closes TCP without TLS close_notify has still
-            // finished sending; treat it as EOF rather than an error.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => (buffers::take(), 0),
-            Err(e) => return Err(CopyError::Read(e)),
-        };
-        if n == 0 {
-            buffers::give(buffer);
-            // Half-close: pass the EOF on, keep the other direction open.
-            let _ = to.shutdown().await;
-            return Ok(());
-        }
-        let written = async {
-            to.write_all(&buffer[..n]).await?;
-            to.flush().await
-        }
-        .await;
-        buffers::give(buffer);
-        written.map_err(CopyError::Write)?;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-        last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        on_bytes(n as u64);
-    }
+/// One direction of the pipe: read `from` until EOF, write each chunk to
+/// `to` straight from `from`'s buffer, then shut down `to`'s write side.
+#[derive(Default)]
+struct Copy {
+    /// `from` reached EOF; `to` is being shut down.
+    read_done: bool,
+    /// `to` was shut down (or the attempt failed): this direction is over.
+    done: bool,
+    /// Bytes written since `to` was last flushed.
+    needs_flush: bool,
+    /// Bytes moved so far.
+    bytes: u64,
 }
 
-/// Read into a pooled buffer. The buffer is taken for each poll and put
-/// back when the read is not ready, which is sound because a pending
-/// `poll_read` leaves the buffer untouched.
-async fn read_pooled<R: AsyncRead + Unpin>(from: &mut R) -> std::io::Result<(Vec<u8>, usize)> {
-    std::future::poll_fn(|cx| {
-        let mut buffer = buffers::take();
-        let mut read_buf = ReadBuf::new(&mut buffer);
-        match Pin::new(&mut *from).poll_read(cx, &mut read_buf) {
-            Poll::Ready(Ok(())) => {
-                let n = read_buf.filled().len();
-                Poll::Ready(Ok((buffer, n)))
+impl Copy {
+    /// Move what is ready; `Ready(Ok)` once this direction has ended.
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut R,
+        to: &mut W,
+        moved: &mut dyn FnMut(u64),
+    ) -> Result<Poll<()>, CopyError>
+    where
+        R: AsyncBufRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            if self.done {
+                return Ok(Poll::Ready(()));
             }
-            Poll::Ready(Err(e)) => {
-                buffers::give(buffer);
-                Poll::Ready(Err(e))
+            if self.read_done {
+                // Half-close: pass the EOF on, keep the other direction
+                // open. A peer that is already gone cannot be told; that is
+                // not an error of this direction.
+                let _ = ready_or_return!(Pin::new(&mut *to).poll_shutdown(cx));
+                self.done = true;
+                continue;
             }
-            Poll::Pending => {
-                buffers::give(buffer);
-                Poll::Pending
+            let chunk = match Pin::new(&mut *from).poll_fill_buf(cx) {
+                Poll::Ready(Ok(chunk)) => chunk,
+                // A peer that closes TCP without TLS close_notify has still
+                // finished sending; treat it as EOF rather than an error.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => &[],
+                Poll::Ready(Err(e)) => return Err(CopyError::Read(e)),
+                Poll::Pending => {
+                    // Nothing more to read for now: push out what was written.
+                    if self.needs_flush {
+                        ready_or_return!(Pin::new(&mut *to).poll_flush(cx))
+                            .map_err(CopyError::Write)?;
+                        self.needs_flush = false;
+                    }
+                    return Ok(Poll::Pending);
+                }
+            };
+            if chunk.is_empty() {
+                self.read_done = true;
+                continue;
             }
+            let n = ready_or_return!(Pin::new(&mut *to).poll_write(cx, chunk))
+                .map_err(CopyError::Write)?;
+            if n == 0 {
+                return Err(CopyError::Write(io::ErrorKind::WriteZero.into()));
+            }
+            Pin::new(&mut *from).consume(n);
+            self.needs_flush = true;
+            self.bytes += n as u64;
+            moved(n as u64);
         }
-    })
-    .await
-}
-
-/// A small per-thread pool of copy buffers, so memory follows the number of
-/// connections moving bytes, not the number of connections open.
-mod buffers {
-    use std::cell::RefCell;
-
-    use super::BUFFER_SIZE;
-
-    /// Most idle buffers kept per worker thread.
-    const MAX_POOLED: usize = 64;
-
-    thread_local! {
-        static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// A buffer of `BUFFER_SIZE` bytes.
-    pub(super) fn take() -> Vec<u8> {
-        POOL.with(|pool| pool.borrow_mut().pop())
-            .unwrap_or_else(|| vec![0u8; BUFFER_SIZE])
-    }
-
-    /// Return a buffer to this thread's pool (dropped when the pool is full).
-    pub(super) fn give(buffer: Vec<u8>) {
-        if buffer.len() != BUFFER_SIZE {
-            return;
-        }
-        POOL.with(|pool| {
-            let mut pool = pool.borrow_mut();
-            if pool.len() < MAX_POOLED {
-                pool.push(buffer);
-            }
-        });
     }
 }
 
@@ -266,12 +238,14 @@ async fn idle_watchdog(last_activity: &AtomicU64, start: Instant, timeout: Durat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::pooled::Pooled;
     use tokio::io::{duplex, AsyncReadExt};
 
     #[tokio::test]
     async fn copies_both_ways_and_honours_half_close() {
         let (client, mut client_peer) = duplex(64);
         let (server, mut server_peer) = duplex(64);
+        let (client, server) = (Pooled::new(client), Pooled::new(server));
         let task = tokio::spawn(async move {
             pipe(
                 client,
@@ -303,6 +277,7 @@ mod tests {
     async fn idle_timeout_closes() {
         let (client, _client_peer) = duplex(64);
         let (server, _server_peer) = duplex(64);
+        let (client, server) = (Pooled::new(client), Pooled::new(server));
         let outcome = pipe(
             client,
             server,
