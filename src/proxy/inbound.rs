@@ -73,10 +73,13 @@ pub async fn handle(
     let started = Instant::now();
     let local = stream.local_addr().ok();
 
-    let (handshake, record) = record_handshake(timeout(
+    // The handshake and the backend connect are boxed: they are short-lived,
+    // and inline they would size this future (held for the connection's
+    // whole life) for their state rather than the pipe's.
+    let (handshake, record) = Box::pin(record_handshake(timeout(
         settings.handshake_timeout,
         settings.acceptor.accept(stream),
-    ))
+    )))
     .await;
     metrics
         .handshake_duration
@@ -84,7 +87,9 @@ pub async fn handle(
         .observe(started.elapsed().as_secs_f64());
     count_decision(&ctx, name, &record);
     let tls = match handshake {
-        Ok(Ok(tls)) => tls,
+        // Boxed: held across every later await, it would otherwise be
+        // stored in this future and again in the pipe's.
+        Ok(Ok(tls)) => Box::new(tls),
         Ok(Err(error)) => {
             let result = handshake_failure_reason(&error);
             handshake_failed(&ctx, name, peer, result, &error.to_string(), &record);
@@ -115,15 +120,15 @@ pub async fn handle(
         .map(|i| i.display_name())
         .unwrap_or_default();
 
-    let backend = match timeout(
+    let backend = match Box::pin(timeout(
         settings.connect_timeout,
         TcpStream::connect(&settings.backend),
-    )
+    ))
     .await
     {
         Ok(Ok(backend)) => backend,
         Ok(Err(error)) => {
-            backend_failed(
+            Box::pin(backend_failed(
                 &ctx,
                 name,
                 peer,
@@ -131,12 +136,12 @@ pub async fn handle(
                 &settings.backend,
                 &error.to_string(),
                 tls,
-            )
+            ))
             .await;
             return;
         }
         Err(_) => {
-            backend_failed(
+            Box::pin(backend_failed(
                 &ctx,
                 name,
                 peer,
@@ -144,7 +149,7 @@ pub async fn handle(
                 &settings.backend,
                 "connect timed out",
                 tls,
-            )
+            ))
             .await;
             return;
         }
@@ -263,7 +268,7 @@ async fn backend_failed(
     peer_name: &str,
     backend: &str,
     error: &str,
-    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+    mut tls: Box<tokio_rustls::server::TlsStream<TcpStream>>,
 ) {
     ctx.metrics
         .connection_errors

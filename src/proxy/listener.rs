@@ -75,7 +75,9 @@ impl AcceptLoop {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let connection = handle(stream, peer);
+            // Boxed so the task does not hold the connection future twice
+            // (once captured, once awaited): it lives as long as the connection.
+            let connection = Box::pin(handle(stream, peer));
             self.tracker.spawn(async move {
                 connection.await;
                 drop(permit);

@@ -72,10 +72,13 @@ pub async fn handle(
     let _open = metrics.connection_opened(name, direction);
     let started = Instant::now();
 
-    let upstream = match timeout(
+    // The connect and the handshake are boxed: they are short-lived, and
+    // inline they would size this future (held for the connection's whole
+    // life) for their state rather than the pipe's.
+    let upstream = match Box::pin(timeout(
         settings.connect_timeout,
         TcpStream::connect(&settings.upstream),
-    )
+    ))
     .await
     {
         Ok(Ok(stream)) => stream,
@@ -91,12 +94,12 @@ pub async fn handle(
     let _ = upstream.set_nodelay(true);
 
     let handshake_started = Instant::now();
-    let (handshake, record) = record_handshake(timeout(
+    let (handshake, record) = Box::pin(record_handshake(timeout(
         settings.handshake_timeout,
         settings
             .connector
             .connect(settings.server_name.clone(), upstream),
-    ))
+    )))
     .await;
     metrics
         .handshake_duration
@@ -109,7 +112,9 @@ pub async fn handle(
         .map(|i| i.display_name())
         .unwrap_or_default();
     let tls = match handshake {
-        Ok(Ok(tls)) => tls,
+        // Boxed: held across every later await, it would otherwise be
+        // stored in this future and again in the pipe's.
+        Ok(Ok(tls)) => Box::new(tls),
         Ok(Err(error)) => {
             let result = handshake_failure_reason(&error);
             let detail = match (&record.decision, &record.chain_error) {
