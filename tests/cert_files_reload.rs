@@ -131,3 +131,53 @@ fn bad_replacement_keeps_the_old_cert() {
     // No private key material ever reaches the logs.
     assert!(!proxy.logs().contains("PRIVATE KEY"));
 }
+
+/// A client that was admitted (so its verified chain is remembered) is
+/// refused once its CA leaves the trust bundle: remembered verifications
+/// do not outlive the trust material they were made under.
+#[test]
+fn a_client_admitted_before_is_refused_once_its_ca_leaves_the_bundle() {
+    let pki = Pki::new();
+    let other = Pki::named("Other");
+    // Trust both roots at first.
+    std::fs::write(
+        pki.bundle(),
+        format!("{}{}", pki.root.cert_pem, other.root.cert_pem),
+    )
+    .unwrap();
+    let (proxy, addr) = start(&pki);
+    let ours = pki.intermediate.issue(&Leaf::spiffe("ns/web/sa/frontend"));
+    let theirs = other
+        .intermediate
+        .issue(&Leaf::spiffe("ns/web/sa/frontend"));
+    let ours_cfg = client_config(Some(&ours), &pki.root.cert_pem);
+    let theirs_cfg = client_config(Some(&theirs), &pki.root.cert_pem);
+    for _ in 0..3 {
+        echo_roundtrip(addr, theirs_cfg.clone()).expect("admitted while its root is trusted");
+    }
+
+    replace(&pki.bundle(), &pki.root.cert_pem);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while echo_roundtrip(addr, theirs_cfg.clone()).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still admitted after its root left the bundle; log:\n{}",
+            proxy.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Refused from now on, every time; the other client is unaffected.
+    for _ in 0..3 {
+        assert!(echo_roundtrip(addr, theirs_cfg.clone()).is_err());
+        echo_roundtrip(addr, ours_cfg.clone()).expect("a trusted client is still admitted");
+    }
+    assert!(
+        metric_value(
+            &proxy.metrics(),
+            "portcullis_tls_handshakes_total",
+            &["result=\"unknown_ca\""]
+        ) >= 3.0,
+        "{}",
+        proxy.metrics()
+    );
+}

@@ -2,6 +2,7 @@
 //! that reads from it, verifiers that authenticate and authorize peers, and
 //! the rustls server/client configs built from them.
 
+pub mod chain_cache;
 pub mod store;
 pub mod verify;
 

@@ -42,6 +42,16 @@ pub struct TlsMaterial {
     pub obtained_at: i64,
     /// Our leaf's expiry, seconds since the Unix epoch.
     pub leaf_not_after: i64,
+    /// Different for every material built: what a peer chain verified
+    /// against (trust bundle, CRLs) may differ between two generations, so
+    /// caches of verification results are keyed by it.
+    pub trust_generation: u64,
+}
+
+/// The next [`TlsMaterial::trust_generation`].
+fn next_trust_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -90,6 +100,7 @@ impl TlsMaterial {
             leaf_not_before,
             leaf_not_after,
             obtained_at: unix_now(),
+            trust_generation: next_trust_generation(),
         })
     }
 
@@ -111,6 +122,7 @@ impl TlsMaterial {
             leaf_not_before: self.leaf_not_before,
             leaf_not_after: self.leaf_not_after,
             obtained_at: self.obtained_at,
+            trust_generation: next_trust_generation(),
         })
     }
 

@@ -23,7 +23,8 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use super::store::IdentityStore;
+use super::chain_cache::{ChainCache, ChainKey};
+use super::store::{IdentityStore, TlsMaterial};
 use crate::identity::policy::{Decision, Policy, Rule};
 use crate::identity::PeerIdentity;
 
@@ -63,12 +64,17 @@ fn record(update: impl FnOnce(&mut HandshakeRecord)) {
 pub struct InboundVerifier {
     store: Arc<IdentityStore>,
     policy: Arc<Policy>,
+    verified: ChainCache,
 }
 
 impl InboundVerifier {
     /// A verifier for a listener with `policy`, trusting what `store` holds.
     pub fn new(store: Arc<IdentityStore>, policy: Arc<Policy>) -> Self {
-        InboundVerifier { store, policy }
+        InboundVerifier {
+            store,
+            policy,
+            verified: ChainCache::default(),
+        }
     }
 }
 
@@ -86,23 +92,24 @@ impl ClientCertVerifier for InboundVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
         let material = self.store.current();
-        if let Err(e) =
-            material
-                .client_chain_verifier
-                .verify_client_cert(end_entity, intermediates, now)
-        {
-            record(|r| r.chain_error = Some(e.to_string()));
-            return Err(e);
-        }
-        let identity =
-            PeerIdentity::from_der(end_entity, self.policy.extension_oids()).map_err(|e| {
-                record(|r| r.chain_error = Some(e.to_string()));
-                TlsError::InvalidCertificate(CertificateError::BadEncoding)
-            })?;
+        let identity = verified_identity(
+            &self.verified,
+            material.trust_generation,
+            end_entity,
+            intermediates,
+            now,
+            self.policy.extension_oids(),
+            || {
+                material
+                    .client_chain_verifier
+                    .verify_client_cert(end_entity, intermediates, now)
+                    .map(|_| ())
+            },
+        )?;
         let decision = self.policy.evaluate(&identity);
         let allowed = decision.is_allowed();
         record(|r| {
-            r.identity = Some(Arc::new(identity));
+            r.identity = Some(identity);
             r.decision = Some(decision);
         });
         if allowed {
@@ -120,12 +127,7 @@ impl ClientCertVerifier for InboundVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.store.provider().signature_verification_algorithms,
-        )
+        verify_tls12_signature(&self.store, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -134,12 +136,7 @@ impl ClientCertVerifier for InboundVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.store.provider().signature_verification_algorithms,
-        )
+        verify_tls13_signature(&self.store, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -156,12 +153,17 @@ impl ClientCertVerifier for InboundVerifier {
 pub struct OutboundVerifier {
     store: Arc<IdentityStore>,
     expect: Arc<Rule>,
+    verified: ChainCache,
 }
 
 impl OutboundVerifier {
     /// A verifier that admits only upstreams matching `expect`.
     pub fn new(store: Arc<IdentityStore>, expect: Arc<Rule>) -> Self {
-        OutboundVerifier { store, expect }
+        OutboundVerifier {
+            store,
+            expect,
+            verified: ChainCache::default(),
+        }
     }
 }
 
@@ -177,8 +179,107 @@ impl ServerCertVerifier for OutboundVerifier {
         // The expected identity (SPIFFE ID, DNS SAN, ...) replaces the usual
         // host name check: in a mesh the upstream is named by identity.
         let material = self.store.current();
-        let algorithms = self.store.provider().signature_verification_algorithms.all;
-        let result = webpki::EndEntityCert::try_from(end_entity).and_then(|cert| {
+        let identity = verified_identity(
+            &self.verified,
+            material.trust_generation,
+            end_entity,
+            intermediates,
+            now,
+            &[],
+            || verify_server_chain(&self.store, &material, end_entity, intermediates, now),
+        )?;
+        let outcome = self.expect.check(&identity);
+        let decision = match &outcome {
+            Ok(()) => Decision::Allow { rule: Some(0) },
+            Err(reason) => Decision::Deny {
+                reason: format!("upstream identity not as expected: {reason}"),
+            },
+        };
+        record(|r| {
+            r.identity = Some(identity);
+            r.decision = Some(decision);
+        });
+        match outcome {
+            Ok(()) => Ok(ServerCertVerified::assertion()),
+            Err(_) => Err(TlsError::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls12_signature(&self.store, message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(&self.store, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.store
+            .provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The peer's identity from a chain that verifies: from the cache when this
+/// exact chain verified before under the same trust material (see
+/// [`ChainCache`]), else by running `verify_chain` and parsing the leaf.
+/// Why a chain failed is left in the handshake record.
+fn verified_identity(
+    cache: &ChainCache,
+    trust_generation: u64,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    extension_oids: &[String],
+    verify_chain: impl FnOnce() -> Result<(), TlsError>,
+) -> Result<Arc<PeerIdentity>, TlsError> {
+    let key = ChainKey::of(end_entity, intermediates);
+    if let Some(identity) = cache.get(&key, trust_generation, now) {
+        return Ok(identity);
+    }
+    if let Err(e) = verify_chain() {
+        record(|r| r.chain_error = Some(e.to_string()));
+        return Err(e);
+    }
+    let identity = PeerIdentity::from_der(end_entity, extension_oids).map_err(|e| {
+        record(|r| r.chain_error = Some(e.to_string()));
+        TlsError::InvalidCertificate(CertificateError::BadEncoding)
+    })?;
+    let identity = Arc::new(identity);
+    cache.insert(
+        key,
+        trust_generation,
+        end_entity,
+        intermediates,
+        identity.clone(),
+    );
+    Ok(identity)
+}
+
+/// Check an upstream's chain against the trust bundle and CRLs for server use.
+fn verify_server_chain(
+    store: &IdentityStore,
+    material: &TlsMaterial,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> Result<(), TlsError> {
+    let algorithms = store.provider().signature_verification_algorithms.all;
+    webpki::EndEntityCert::try_from(end_entity)
+        .and_then(|cert| {
             let crl_refs: Vec<&webpki::CertRevocationList<'_>> = material.crls.iter().collect();
             let revocation = if crl_refs.is_empty() {
                 None
@@ -200,69 +301,39 @@ impl ServerCertVerifier for OutboundVerifier {
                 None,
             )
             .map(|_| ())
-        });
-        if let Err(e) = result {
-            let error = pki_error(e);
-            record(|r| r.chain_error = Some(error.to_string()));
-            return Err(error);
-        }
-        let identity = PeerIdentity::from_der(end_entity, &[]).map_err(|e| {
-            record(|r| r.chain_error = Some(e.to_string()));
-            TlsError::InvalidCertificate(CertificateError::BadEncoding)
-        })?;
-        let outcome = self.expect.check(&identity);
-        let decision = match &outcome {
-            Ok(()) => Decision::Allow { rule: Some(0) },
-            Err(reason) => Decision::Deny {
-                reason: format!("upstream identity not as expected: {reason}"),
-            },
-        };
-        record(|r| {
-            r.identity = Some(Arc::new(identity));
-            r.decision = Some(decision);
-        });
-        match outcome {
-            Ok(()) => Ok(ServerCertVerified::assertion()),
-            Err(_) => Err(TlsError::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            )),
-        }
-    }
+        })
+        .map_err(pki_error)
+}
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.store.provider().signature_verification_algorithms,
-        )
-    }
+/// The peer's TLS 1.2 handshake signature, with the store's algorithms.
+fn verify_tls12_signature(
+    store: &IdentityStore,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, TlsError> {
+    rustls::crypto::verify_tls12_signature(
+        message,
+        cert,
+        dss,
+        &store.provider().signature_verification_algorithms,
+    )
+}
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.store.provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.store
-            .provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+/// The peer's TLS 1.3 CertificateVerify signature, with the store's
+/// algorithms. Never cached: it proves the peer holds the key now.
+fn verify_tls13_signature(
+    store: &IdentityStore,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, TlsError> {
+    rustls::crypto::verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &store.provider().signature_verification_algorithms,
+    )
 }
 
 /// Map a webpki error to the rustls error (and so the TLS alert) it means.
