@@ -194,8 +194,10 @@ pub async fn handle(
         .clone()
         .map(|identity| ctx.live.register(identity, close.clone()));
     let on_bytes = metrics.byte_counter(name);
+    // Both sides read through pooled buffers; see docs/benchmarks.md
+    // ("Buffer size") for why the TLS side is not read in place.
     let outcome = pipe(
-        tls,
+        Pooled::new(tls),
         Pooled::new(backend),
         settings.idle_timeout,
         close.cancelled(),

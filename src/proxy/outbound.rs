@@ -155,9 +155,11 @@ pub async fn handle(
     }
 
     let on_bytes = metrics.byte_counter(name);
+    // Both sides read through pooled buffers; see docs/benchmarks.md
+    // ("Buffer size") for why the TLS side is not read in place.
     let outcome = pipe(
         Pooled::new(client),
-        tls,
+        Pooled::new(tls),
         settings.idle_timeout,
         ctx.force_close.cancelled(),
         &on_bytes,

@@ -7,9 +7,9 @@
 //! in either direction (a reset) ends both.
 //!
 //! Both sides are read as `AsyncBufRead` and written from the reader's own
-//! buffer: a TLS side hands out rustls's decrypted record (no copy into a
-//! pipe buffer), a plain side reads into a pooled buffer (see
-//! [`super::pooled`]) that an idle connection does not hold.
+//! buffer, so a direction needs no buffer of its own. The proxy reads both
+//! sides through [`super::pooled::Pooled`], whose buffer an idle connection
+//! does not hold.
 
 use std::future::Future;
 use std::io;
