@@ -23,6 +23,10 @@ use crate::tls::{handshake_failure_reason, record_handshake, HandshakeRecord};
 pub struct InboundSettings {
     /// Listener name.
     pub name: Arc<str>,
+    /// Where the listener accepts.
+    pub listen: SocketAddr,
+    /// At most this many connections at once.
+    pub max_connections: usize,
     /// `host:port` of the backend.
     pub backend: String,
     /// TLS acceptor with this listener's policy built in.
@@ -49,6 +53,8 @@ impl InboundSettings {
             policy,
             reauthorize_on_reload: config.reauthorize_on_reload,
             name: config.name.as_str().into(),
+            listen: config.listen,
+            max_connections: config.max_connections,
             backend: config.backend.clone(),
             acceptor,
             handshake_timeout: config.handshake_timeout,

@@ -24,6 +24,10 @@ use crate::tls::{handshake_failure_reason, record_handshake};
 pub struct OutboundSettings {
     /// Listener name.
     pub name: Arc<str>,
+    /// Where the listener accepts.
+    pub listen: SocketAddr,
+    /// At most this many connections at once.
+    pub max_connections: usize,
     /// `host:port` of the upstream.
     pub upstream: String,
     /// SNI sent to the upstream.
@@ -49,6 +53,8 @@ impl OutboundSettings {
             .map_err(|_| format!("{host:?} is not a valid TLS server name"))?;
         Ok(OutboundSettings {
             name: config.name.as_str().into(),
+            listen: config.listen,
+            max_connections: config.max_connections,
             upstream: config.upstream.clone(),
             server_name,
             connector,

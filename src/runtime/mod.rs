@@ -231,17 +231,15 @@ pub async fn serve(
     // with the listener's name, and nothing half-starts.
     let mut inbound_sockets = Vec::new();
     for settings in inbound {
-        let addr = listen_address(&config, &settings.name);
         inbound_sockets.push((
-            bind(addr, &settings.name, Direction::Inbound).await?,
+            bind(settings.listen, &settings.name, Direction::Inbound).await?,
             settings,
         ));
     }
     let mut outbound_sockets = Vec::new();
     for settings in outbound {
-        let addr = listen_address(&config, &settings.name);
         outbound_sockets.push((
-            bind(addr, &settings.name, Direction::Outbound).await?,
+            bind(settings.listen, &settings.name, Direction::Outbound).await?,
             settings,
         ));
     }
@@ -358,18 +356,17 @@ impl Runtime {
         listener: TcpListener,
         settings: Arc<InboundSettings>,
     ) -> anyhow::Result<()> {
-        let name = settings.name.to_string();
-        let max = self.max_connections_of(&name);
+        let (name, max) = (settings.name.clone(), settings.max_connections);
         let running = Running::start(
             listener,
-            settings.name.clone(),
+            name.clone(),
             Direction::Inbound,
             settings,
             max,
             &self.shared,
             inbound::handle,
         )?;
-        self.inbound.insert(name, running);
+        self.inbound.insert(name.to_string(), running);
         Ok(())
     }
 
@@ -378,35 +375,18 @@ impl Runtime {
         listener: TcpListener,
         settings: Arc<OutboundSettings>,
     ) -> anyhow::Result<()> {
-        let name = settings.name.to_string();
-        let max = self.max_connections_of(&name);
+        let (name, max) = (settings.name.clone(), settings.max_connections);
         let running = Running::start(
             listener,
-            settings.name.clone(),
+            name.clone(),
             Direction::Outbound,
             settings,
             max,
             &self.shared,
             outbound::handle,
         )?;
-        self.outbound.insert(name, running);
+        self.outbound.insert(name.to_string(), running);
         Ok(())
-    }
-
-    fn max_connections_of(&self, name: &str) -> usize {
-        self.config
-            .inbound
-            .iter()
-            .find(|l| l.name == name)
-            .map(|l| l.max_connections)
-            .or_else(|| {
-                self.config
-                    .outbound
-                    .iter()
-                    .find(|l| l.name == name)
-                    .map(|l| l.max_connections)
-            })
-            .unwrap_or(1)
     }
 
     /// (Re)start what keeps the identity fresh: the file watcher, or CA renewal.
@@ -473,22 +453,6 @@ impl Runtime {
         }
         tracing::info!("shutdown complete");
     }
-}
-
-fn listen_address(config: &Config, name: &str) -> SocketAddr {
-    config
-        .inbound
-        .iter()
-        .find(|l| l.name == name)
-        .map(|l| l.listen)
-        .or_else(|| {
-            config
-                .outbound
-                .iter()
-                .find(|l| l.name == name)
-                .map(|l| l.listen)
-        })
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 async fn bind(addr: SocketAddr, name: &str, direction: Direction) -> anyhow::Result<TcpListener> {
