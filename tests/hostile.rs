@@ -970,45 +970,6 @@ fn fd_exhaustion_backs_off_without_spinning_and_recovers() {
 
 // --------------------------------------------------------------------- soak
 
-/// Run `command`, killing it after `limit`; returns (success, stdout, stderr).
-fn run_bounded(mut command: Command, limit: Duration) -> (bool, String, String) {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the command");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{command:?} still running after {limit:?}; stdout:\n{}\nstderr:\n{}",
-                out.join().unwrap(),
-                err.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    (status.success(), out.join().unwrap(), err.join().unwrap())
-}
-
 #[test]
 fn soak_60_seconds_with_rotations_and_reloads() {
     let _exclusive = exclusive();
