@@ -10,7 +10,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,48 +28,14 @@ const COMMAND_LIMIT: Duration = Duration::from_secs(20);
 /// Run `command` (stdin from `input`), killing it after [`COMMAND_LIMIT`].
 /// Returns (success, stdout, stderr).
 fn run_with_input(command: &mut Command, input: &[u8]) -> (bool, String, String) {
-    let described = format!("{command:?}");
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {described}: {e}"));
-    let mut stdin = child.stdin.take().unwrap();
-    let bytes = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&bytes);
-    });
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let deadline = Instant::now() + COMMAND_LIMIT;
-    let (status, timed_out) = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break (status, false);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break (child.wait().unwrap(), true);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let _ = writer.join();
-    let stdout = out_reader.join().unwrap();
-    let stderr = err_reader.join().unwrap();
-    if timed_out {
-        panic!("{described} did not finish in {COMMAND_LIMIT:?}\n{stdout}\n{stderr}");
+    let done = common::run_with_input(command, input, COMMAND_LIMIT);
+    if done.timed_out {
+        panic!(
+            "{command:?} did not finish in {COMMAND_LIMIT:?}\n{}\n{}",
+            done.stdout, done.stderr
+        );
     }
-    (status.success(), stdout, stderr)
+    (done.status.success(), done.stdout, done.stderr)
 }
 
 /// A PKI built with the `openssl` CLI in a temporary directory, which also

@@ -663,45 +663,68 @@ pub fn client_config_any_name(
     Arc::new(config)
 }
 
-/// Run `command` to completion with no stdin, killing it (and failing the
-/// test) after `limit`; returns (success, stdout, stderr).
-pub fn run_bounded(
-    mut command: std::process::Command,
-    limit: std::time::Duration,
-) -> (bool, String, String) {
+/// What a command run by [`run_with_input`] did.
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    /// Killed at the time limit.
+    pub timed_out: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `command` with `input` on its stdin (then closed), killing it after
+/// `limit` so a hung tool cannot hang the suite.
+pub fn run_with_input(command: &mut Command, input: &[u8], limit: Duration) -> Finished {
     let mut child = command
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
-        s
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        // Dropping `stdin` afterwards closes the child's input.
+        let _ = stdin.write_all(&bytes);
     });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
-    let deadline = std::time::Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{command:?} still running after {limit:?}; stdout:\n{}\nstderr:\n{}",
-                out.join().unwrap(),
-                err.join().unwrap()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
     };
-    (status.success(), out.join().unwrap(), err.join().unwrap())
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let (status, timed_out) = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break (status, false);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break (child.wait().unwrap(), true);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = writer.join();
+    Finished {
+        status,
+        timed_out,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Run `command` to completion with no input, failing the test if it is
+/// still running after `limit`; returns (success, stdout, stderr).
+pub fn run_bounded(mut command: Command, limit: Duration) -> (bool, String, String) {
+    let done = run_with_input(&mut command, &[], limit);
+    if done.timed_out {
+        panic!(
+            "{command:?} still running after {limit:?}; stdout:\n{}\nstderr:\n{}",
+            done.stdout, done.stderr
+        );
+    }
+    (done.status.success(), done.stdout, done.stderr)
 }
