@@ -10,6 +10,10 @@
 //! machine that used more CPU time per byte than copying each record into a
 //! pooled buffer, despite fewer instructions (docs/benchmarks.md, "Buffer
 //! size"), so TLS streams are wrapped too.
+//!
+//! A read that comes back full-sized (bulk traffic) is followed by more
+//! reads into the same buffer until it is full or nothing is waiting, so
+//! the other side gets one large write instead of one per TLS record.
 
 use std::cell::RefCell;
 use std::io;
@@ -18,12 +22,17 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes per read of a plain stream. 16 KiB matches the largest TLS
-/// record's plaintext: one read fills one record on the way to a TLS peer.
-pub const BUFFER_SIZE: usize = 16 * 1024;
+/// Bytes of one pooled buffer: four TLS records' plaintext, so that bulk
+/// traffic moves in 64 KiB writes (one `sendto` to the backend for four
+/// records, four records in one `writev` to a TLS peer).
+pub const BUFFER_SIZE: usize = 64 * 1024;
 
-/// Most idle buffers kept per worker thread.
-const MAX_POOLED: usize = 64;
+/// A read this large means more is probably waiting: the largest TLS
+/// record's plaintext, which is all one read of a TLS stream returns.
+const GATHER_THRESHOLD: usize = 16 * 1024;
+
+/// Most idle buffers kept per worker thread (1 MiB).
+const MAX_POOLED: usize = 16;
 
 thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
@@ -56,6 +65,8 @@ pub struct Pooled<T> {
     buffer: Option<Vec<u8>>,
     start: usize,
     end: usize,
+    /// An error met after bytes were gathered; returned once they are consumed.
+    deferred_error: Option<io::Error>,
 }
 
 impl<T> Pooled<T> {
@@ -66,6 +77,7 @@ impl<T> Pooled<T> {
             buffer: None,
             start: 0,
             end: 0,
+            deferred_error: None,
         }
     }
 
@@ -89,33 +101,85 @@ impl<T> Drop for Pooled<T> {
     }
 }
 
+/// What one gathering read found.
+enum Gathered {
+    /// This many bytes, and the error that stopped the gathering after them.
+    Bytes(usize, Option<io::Error>),
+    /// End of stream before any byte.
+    Eof,
+    /// Failed before any byte.
+    Failed(io::Error),
+    /// Nothing to read yet; the waker is registered.
+    Pending,
+}
+
+/// Read into `buffer`, and keep reading while reads come back full-sized
+/// (`GATHER_THRESHOLD` or more: bulk traffic) and the buffer has room, so
+/// that several TLS records go out in one write. A small read is handed on
+/// at once: interactive traffic never waits for, or pays for, an extra read.
+fn gather<T: AsyncRead + Unpin>(
+    inner: &mut T,
+    cx: &mut Context<'_>,
+    buffer: &mut [u8],
+) -> Gathered {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let mut read_buf = ReadBuf::new(&mut buffer[filled..]);
+        match Pin::new(&mut *inner).poll_read(cx, &mut read_buf) {
+            Poll::Ready(Ok(())) => {
+                let n = read_buf.filled().len();
+                filled += n;
+                if n < GATHER_THRESHOLD {
+                    break;
+                }
+            }
+            Poll::Ready(Err(e)) if filled == 0 => return Gathered::Failed(e),
+            Poll::Ready(Err(e)) => return Gathered::Bytes(filled, Some(e)),
+            // Whatever was read is handed on now; the waker stays
+            // registered for what comes next.
+            Poll::Pending if filled == 0 => return Gathered::Pending,
+            Poll::Pending => break,
+        }
+    }
+    if filled == 0 {
+        Gathered::Eof
+    } else {
+        Gathered::Bytes(filled, None)
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncBufRead for Pooled<T> {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
         if this.start >= this.end {
             this.release();
+            // An error that ended the last gathering read, after the bytes
+            // before it were handed out.
+            if let Some(error) = this.deferred_error.take() {
+                return Poll::Ready(Err(error));
+            }
             let mut buffer = take_buffer();
-            let mut read_buf = ReadBuf::new(&mut buffer);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut read_buf) {
-                Poll::Ready(Ok(())) => {
-                    let n = read_buf.filled().len();
-                    if n == 0 {
-                        give_buffer(buffer);
-                        return Poll::Ready(Ok(&[]));
-                    }
-                    this.end = n;
-                    this.buffer = Some(buffer);
+            let filled = match gather(&mut this.inner, cx, &mut buffer) {
+                Gathered::Bytes(n, deferred) => {
+                    this.deferred_error = deferred;
+                    n
                 }
-                Poll::Ready(Err(e)) => {
+                Gathered::Eof => 0,
+                Gathered::Failed(e) => {
                     give_buffer(buffer);
                     return Poll::Ready(Err(e));
                 }
-                // A pending read left the buffer untouched; back to the pool.
-                Poll::Pending => {
+                Gathered::Pending => {
                     give_buffer(buffer);
                     return Poll::Pending;
                 }
+            };
+            if filled == 0 {
+                give_buffer(buffer);
+                return Poll::Ready(Ok(&[]));
             }
+            this.end = filled;
+            this.buffer = Some(buffer);
         }
         match &this.buffer {
             Some(buffer) => Poll::Ready(Ok(&buffer[this.start..this.end])),
@@ -209,6 +273,124 @@ mod tests {
         pooled.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"world");
         assert!(pooled.fill_buf().await.unwrap().is_empty());
+        assert!(pooled.buffer.is_none());
+    }
+
+    /// Reads come from a script: each step is one `poll_read` outcome.
+    enum Step {
+        Bytes(usize),
+        Pending,
+        Fail,
+    }
+
+    struct Scripted {
+        steps: std::collections::VecDeque<Step>,
+        reads: usize,
+    }
+
+    impl Scripted {
+        fn new(steps: Vec<Step>) -> Self {
+            Scripted {
+                steps: steps.into(),
+                reads: 0,
+            }
+        }
+    }
+
+    impl AsyncRead for Scripted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.reads += 1;
+            match self.steps.pop_front() {
+                Some(Step::Bytes(n)) => {
+                    let n = n.min(buf.remaining());
+                    buf.put_slice(&vec![b'x'; n]);
+                    Poll::Ready(Ok(()))
+                }
+                Some(Step::Pending) => Poll::Pending,
+                Some(Step::Fail) => Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
+                None => Poll::Ready(Ok(())),
+            }
+        }
+    }
+
+    fn fill(pooled: &mut Pooled<Scripted>) -> Poll<io::Result<usize>> {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        Pin::new(pooled)
+            .poll_fill_buf(&mut cx)
+            .map_ok(|chunk| chunk.len())
+    }
+
+    #[test]
+    fn full_sized_reads_are_gathered_until_nothing_waits() {
+        let record = GATHER_THRESHOLD;
+        let mut pooled = Pooled::new(Scripted::new(vec![
+            Step::Bytes(record),
+            Step::Bytes(record),
+            Step::Bytes(record),
+            Step::Pending,
+            Step::Bytes(100),
+        ]));
+        let Poll::Ready(Ok(n)) = fill(&mut pooled) else {
+            panic!("three records were ready");
+        };
+        assert_eq!(n, 3 * record, "one chunk for the three records");
+        assert_eq!(pooled.get_ref().reads, 4, "read until nothing waited");
+        Pin::new(&mut pooled).consume(n);
+        assert!(matches!(fill(&mut pooled), Poll::Ready(Ok(100))));
+    }
+
+    #[test]
+    fn gathering_stops_when_the_buffer_is_full() {
+        let mut pooled = Pooled::new(Scripted::new(
+            (0..6).map(|_| Step::Bytes(GATHER_THRESHOLD)).collect(),
+        ));
+        assert!(matches!(fill(&mut pooled), Poll::Ready(Ok(BUFFER_SIZE))));
+        assert_eq!(pooled.get_ref().reads, BUFFER_SIZE / GATHER_THRESHOLD);
+    }
+
+    #[test]
+    fn a_small_read_is_handed_on_without_another_read() {
+        let mut pooled = Pooled::new(Scripted::new(vec![Step::Bytes(64), Step::Bytes(64)]));
+        assert!(matches!(fill(&mut pooled), Poll::Ready(Ok(64))));
+        assert_eq!(
+            pooled.get_ref().reads,
+            1,
+            "interactive traffic pays no extra read"
+        );
+    }
+
+    #[test]
+    fn an_error_after_gathered_bytes_comes_once_they_are_consumed() {
+        let mut pooled = Pooled::new(Scripted::new(vec![
+            Step::Bytes(GATHER_THRESHOLD),
+            Step::Fail,
+        ]));
+        let Poll::Ready(Ok(n)) = fill(&mut pooled) else {
+            panic!("the bytes before the error come first");
+        };
+        assert_eq!(n, GATHER_THRESHOLD);
+        Pin::new(&mut pooled).consume(n);
+        match fill(&mut pooled) {
+            Poll::Ready(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
+            other => panic!("expected the deferred reset, got {other:?}"),
+        }
+        assert!(pooled.buffer.is_none());
+    }
+
+    #[test]
+    fn end_of_stream_after_gathered_bytes_follows_them() {
+        let mut pooled = Pooled::new(Scripted::new(vec![Step::Bytes(GATHER_THRESHOLD)]));
+        assert!(matches!(
+            fill(&mut pooled),
+            Poll::Ready(Ok(GATHER_THRESHOLD))
+        ));
+        Pin::new(&mut pooled).consume(GATHER_THRESHOLD);
+        assert!(matches!(fill(&mut pooled), Poll::Ready(Ok(0))));
         assert!(pooled.buffer.is_none());
     }
 }
