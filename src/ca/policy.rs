@@ -70,7 +70,7 @@ pub fn lifetime(requested: Option<Duration>, default: Duration, max: Duration) -
 
 /// Fill `buf` from the system's secure random generator.
 pub fn random_bytes(buf: &mut [u8]) -> Result<(), PolicyError> {
-    rustls::crypto::ring::default_provider()
+    crate::tls::default_provider()
         .secure_random
         .fill(buf)
         .map_err(|_| PolicyError::Random)

@@ -261,9 +261,11 @@ impl IdentityStore {
     }
 }
 
-/// The crypto provider portcullis uses everywhere.
+/// The crypto provider portcullis uses everywhere: aws-lc-rs, chosen over
+/// ring by measurement on the data path (docs/benchmarks.md, "Crypto
+/// provider").
 pub fn default_provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn unix_now() -> i64 {
