@@ -77,7 +77,6 @@ pub async fn handle(
     let metrics = &ctx.metrics;
     let _open = metrics.connection_opened(name, direction);
     let started = Instant::now();
-    let local = stream.local_addr().ok();
 
     // The handshake and the backend connect are boxed: they are short-lived,
     // and inline they would size this future (held for the connection's
@@ -164,7 +163,7 @@ pub async fn handle(
     let mut backend = backend;
 
     if settings.proxy_protocol == Some(ProxyProtocol::V2) {
-        let (_, conn) = tls.get_ref();
+        let (tcp, conn) = tls.get_ref();
         let version = conn.protocol_version().map(|v| match v {
             rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
             rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
@@ -179,7 +178,8 @@ pub async fn handle(
                 .map(|s| s.as_str()),
             sni: conn.server_name(),
         };
-        let destination = local.unwrap_or(peer);
+        // Asked only here: a getsockname per connection otherwise.
+        let destination = tcp.local_addr().unwrap_or(peer);
         let written = match encode_v2(peer, destination, &info) {
             Ok(header) => backend.write_all(&header).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
