@@ -203,7 +203,7 @@ pub async fn handle(
     // Both sides read through pooled buffers; see docs/benchmarks.md
     // ("Buffer size") for why the TLS side is not read in place.
     let outcome = pipe(
-        Pooled::new(tls),
+        Pooled::tls(tls),
         Pooled::new(backend),
         settings.idle_timeout,
         close.cancelled(),

@@ -165,7 +165,7 @@ pub async fn handle(
     // ("Buffer size") for why the TLS side is not read in place.
     let outcome = pipe(
         Pooled::new(client),
-        Pooled::new(tls),
+        Pooled::tls(tls),
         settings.idle_timeout,
         ctx.force_close.cancelled(),
         &on_bytes,

@@ -11,9 +11,10 @@
 //! pooled buffer, despite fewer instructions (docs/benchmarks.md, "Buffer
 //! size"), so TLS streams are wrapped too.
 //!
-//! A read that comes back full-sized (bulk traffic) is followed by more
-//! reads into the same buffer until it is full or nothing is waiting, so
-//! the other side gets one large write instead of one per TLS record.
+//! A TLS stream yields one record per read; wrapped with [`Pooled::tls`], a
+//! read that comes back full-sized (bulk traffic) is followed by more reads
+//! into the same buffer until it is full or nothing is waiting, so the
+//! other side gets one large write instead of one per TLS record.
 
 use std::cell::RefCell;
 use std::io;
@@ -67,10 +68,14 @@ pub struct Pooled<T> {
     end: usize,
     /// An error met after bytes were gathered; returned once they are consumed.
     deferred_error: Option<io::Error>,
+    /// Reads yield one TLS record at a time: keep reading while they come
+    /// back full (see [`Pooled::tls`]).
+    gather_records: bool,
 }
 
 impl<T> Pooled<T> {
-    /// Wrap `inner`; no buffer is taken until the first read.
+    /// Wrap a plain stream; no buffer is taken until the first read. One
+    /// read of a socket already takes everything waiting, up to the buffer.
     pub fn new(inner: T) -> Self {
         Pooled {
             inner,
@@ -78,7 +83,17 @@ impl<T> Pooled<T> {
             start: 0,
             end: 0,
             deferred_error: None,
+            gather_records: false,
         }
+    }
+
+    /// Wrap a TLS stream, whose reads yield at most one record (16 KiB of
+    /// plaintext) each: a full record is followed by more reads into the
+    /// same buffer, so bulk traffic leaves in buffer-sized writes.
+    pub fn tls(inner: T) -> Self {
+        let mut pooled = Pooled::new(inner);
+        pooled.gather_records = true;
+        pooled
     }
 
     /// The wrapped stream.
@@ -113,14 +128,16 @@ enum Gathered {
     Pending,
 }
 
-/// Read into `buffer`, and keep reading while reads come back full-sized
-/// (`GATHER_THRESHOLD` or more: bulk traffic) and the buffer has room, so
-/// that several TLS records go out in one write. A small read is handed on
-/// at once: interactive traffic never waits for, or pays for, an extra read.
+/// Read into `buffer`; with `records`, keep reading while reads come back
+/// full-sized (`GATHER_THRESHOLD` or more: bulk traffic) and the buffer has
+/// room, so that several TLS records go out in one write. A small read is
+/// handed on at once: interactive traffic never waits for, or pays for, an
+/// extra read.
 fn gather<T: AsyncRead + Unpin>(
     inner: &mut T,
     cx: &mut Context<'_>,
     buffer: &mut [u8],
+    records: bool,
 ) -> Gathered {
     let mut filled = 0;
     while filled < buffer.len() {
@@ -129,7 +146,7 @@ fn gather<T: AsyncRead + Unpin>(
             Poll::Ready(Ok(())) => {
                 let n = read_buf.filled().len();
                 filled += n;
-                if n < GATHER_THRESHOLD {
+                if !records || n < GATHER_THRESHOLD {
                     break;
                 }
             }
@@ -159,7 +176,7 @@ impl<T: AsyncRead + Unpin> AsyncBufRead for Pooled<T> {
                 return Poll::Ready(Err(error));
             }
             let mut buffer = take_buffer();
-            let filled = match gather(&mut this.inner, cx, &mut buffer) {
+            let filled = match gather(&mut this.inner, cx, &mut buffer, this.gather_records) {
                 Gathered::Bytes(n, deferred) => {
                     this.deferred_error = deferred;
                     n
@@ -328,7 +345,7 @@ mod tests {
     #[test]
     fn full_sized_reads_are_gathered_until_nothing_waits() {
         let record = GATHER_THRESHOLD;
-        let mut pooled = Pooled::new(Scripted::new(vec![
+        let mut pooled = Pooled::tls(Scripted::new(vec![
             Step::Bytes(record),
             Step::Bytes(record),
             Step::Bytes(record),
@@ -346,7 +363,7 @@ mod tests {
 
     #[test]
     fn gathering_stops_when_the_buffer_is_full() {
-        let mut pooled = Pooled::new(Scripted::new(
+        let mut pooled = Pooled::tls(Scripted::new(
             (0..6).map(|_| Step::Bytes(GATHER_THRESHOLD)).collect(),
         ));
         assert!(matches!(fill(&mut pooled), Poll::Ready(Ok(BUFFER_SIZE))));
@@ -354,8 +371,25 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_stream_is_read_once_per_fill() {
+        let mut pooled = Pooled::new(Scripted::new(vec![
+            Step::Bytes(GATHER_THRESHOLD),
+            Step::Bytes(GATHER_THRESHOLD),
+        ]));
+        assert!(matches!(
+            fill(&mut pooled),
+            Poll::Ready(Ok(GATHER_THRESHOLD))
+        ));
+        assert_eq!(
+            pooled.get_ref().reads,
+            1,
+            "a socket read took all there was"
+        );
+    }
+
+    #[test]
     fn a_small_read_is_handed_on_without_another_read() {
-        let mut pooled = Pooled::new(Scripted::new(vec![Step::Bytes(64), Step::Bytes(64)]));
+        let mut pooled = Pooled::tls(Scripted::new(vec![Step::Bytes(64), Step::Bytes(64)]));
         assert!(matches!(fill(&mut pooled), Poll::Ready(Ok(64))));
         assert_eq!(
             pooled.get_ref().reads,
@@ -366,7 +400,7 @@ mod tests {
 
     #[test]
     fn an_error_after_gathered_bytes_comes_once_they_are_consumed() {
-        let mut pooled = Pooled::new(Scripted::new(vec![
+        let mut pooled = Pooled::tls(Scripted::new(vec![
             Step::Bytes(GATHER_THRESHOLD),
             Step::Fail,
         ]));
@@ -384,7 +418,7 @@ mod tests {
 
     #[test]
     fn end_of_stream_after_gathered_bytes_follows_them() {
-        let mut pooled = Pooled::new(Scripted::new(vec![Step::Bytes(GATHER_THRESHOLD)]));
+        let mut pooled = Pooled::tls(Scripted::new(vec![Step::Bytes(GATHER_THRESHOLD)]));
         assert!(matches!(
             fill(&mut pooled),
             Poll::Ready(Ok(GATHER_THRESHOLD))
