@@ -83,7 +83,9 @@ pub async fn handle(
     // whole life) for their state rather than the pipe's.
     let (handshake, record) = Box::pin(record_handshake(timeout(
         settings.handshake_timeout,
-        settings.acceptor.accept(stream),
+        // rustls reads a socket at most a record at a time; through a
+        // pooled buffer one recv takes up to four records.
+        settings.acceptor.accept(Pooled::new(stream)),
     )))
     .await;
     metrics
@@ -179,7 +181,7 @@ pub async fn handle(
             sni: conn.server_name(),
         };
         // Asked only here: a getsockname per connection otherwise.
-        let destination = tcp.local_addr().unwrap_or(peer);
+        let destination = tcp.get_ref().local_addr().unwrap_or(peer);
         let written = match encode_v2(peer, destination, &info) {
             Ok(header) => backend.write_all(&header).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -276,7 +278,7 @@ async fn backend_failed(
     peer_name: &str,
     backend: &str,
     error: &str,
-    mut tls: Box<tokio_rustls::server::TlsStream<TcpStream>>,
+    mut tls: Box<tokio_rustls::server::TlsStream<Pooled<TcpStream>>>,
 ) {
     ctx.metrics
         .connection_errors

@@ -104,7 +104,7 @@ pub async fn handle(
         settings.handshake_timeout,
         settings
             .connector
-            .connect(settings.server_name.clone(), upstream),
+            .connect(settings.server_name.clone(), Pooled::new(upstream)),
     )))
     .await;
     metrics

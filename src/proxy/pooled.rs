@@ -11,6 +11,11 @@
 //! pooled buffer, despite fewer instructions (docs/benchmarks.md, "Buffer
 //! size"), so TLS streams are wrapped too.
 //!
+//! Under rustls, a socket wrapped in [`Pooled::new`] is read ahead: rustls
+//! asks for at most about one record per read, and [`AsyncRead`] fills the
+//! pooled buffer with everything waiting (up to four records) in one `recv`
+//! and hands it out from memory.
+//!
 //! A TLS stream yields one record per read; wrapped with [`Pooled::tls`], a
 //! read that comes back full-sized (bulk traffic) is followed by more reads
 //! into the same buffer until it is full or nothing is waiting, so the
@@ -219,8 +224,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Pooled<T> {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        // Nothing buffered: read straight into the caller's buffer.
-        if self.start >= self.end {
+        // Nothing buffered and the caller can take a whole buffer's worth:
+        // read straight into the caller's buffer.
+        if self.start >= self.end && out.remaining() >= BUFFER_SIZE {
             return Pin::new(&mut self.inner).poll_read(cx, out);
         }
         let available = match self.as_mut().poll_fill_buf(cx) {
@@ -426,5 +432,43 @@ mod tests {
         Pin::new(&mut pooled).consume(GATHER_THRESHOLD);
         assert!(matches!(fill(&mut pooled), Poll::Ready(Ok(0))));
         assert!(pooled.buffer.is_none());
+    }
+
+    #[test]
+    fn small_reads_are_served_from_one_read_ahead() {
+        let mut pooled = Pooled::new(Scripted::new(vec![Step::Bytes(3 * GATHER_THRESHOLD)]));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut total = 0;
+        // Like rustls: at most a record's worth per read.
+        let mut record = vec![0u8; GATHER_THRESHOLD + 64];
+        while total < 3 * GATHER_THRESHOLD {
+            let mut out = ReadBuf::new(&mut record);
+            let Poll::Ready(Ok(())) = Pin::new(&mut pooled).poll_read(&mut cx, &mut out) else {
+                panic!("bytes were buffered");
+            };
+            total += out.filled().len();
+        }
+        assert_eq!(total, 3 * GATHER_THRESHOLD);
+        assert_eq!(
+            pooled.get_ref().reads,
+            1,
+            "one read of the socket served them all"
+        );
+        assert!(pooled.buffer.is_none(), "drained: the buffer went back");
+    }
+
+    #[test]
+    fn a_read_as_large_as_the_buffer_bypasses_it() {
+        let mut pooled = Pooled::new(Scripted::new(vec![Step::Bytes(BUFFER_SIZE)]));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut big = vec![0u8; BUFFER_SIZE];
+        let mut out = ReadBuf::new(&mut big);
+        assert!(Pin::new(&mut pooled)
+            .poll_read(&mut cx, &mut out)
+            .is_ready());
+        assert_eq!(out.filled().len(), BUFFER_SIZE);
+        assert!(pooled.buffer.is_none(), "no copy through the pool");
     }
 }
