@@ -1,4 +1,4 @@
-//! A plaintext stream read through a buffer borrowed from a per-thread pool.
+//! A stream read through a buffer borrowed from a per-thread pool.
 //!
 //! The pipe reads both of its sides as `AsyncBufRead`; a stream becomes one
 //! by wrapping it in [`Pooled`]. The buffer is borrowed only while
@@ -226,7 +226,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Pooled<T> {
     ) -> Poll<io::Result<()>> {
         // Nothing buffered and the caller can take a whole buffer's worth:
         // read straight into the caller's buffer.
-        if self.start >= self.end && out.remaining() >= BUFFER_SIZE {
+        if self.start >= self.end && self.deferred_error.is_none() && out.remaining() >= BUFFER_SIZE
+        {
             return Pin::new(&mut self.inner).poll_read(cx, out);
         }
         let available = match self.as_mut().poll_fill_buf(cx) {
