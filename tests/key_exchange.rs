@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::NamedGroup;
 
 const FRONTEND: &str = "spiffe://example.org/ns/web/sa/frontend";
@@ -36,25 +35,10 @@ fn inbound(pki: &Pki) -> (Proxy, SocketAddr) {
     (proxy, format!("127.0.0.1:{port}").parse().unwrap())
 }
 
-/// A TLS 1.3 client config on `provider` presenting the frontend's certificate.
+/// A client config on `provider` presenting the frontend's certificate.
 fn client_on(provider: rustls::crypto::CryptoProvider, pki: &Pki) -> Arc<rustls::ClientConfig> {
     let frontend = pki.intermediate.issue(&Leaf::spiffe("ns/web/sa/frontend"));
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pki.root.cert_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let chain: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut frontend.chain_pem.as_bytes())
-            .map(|c| c.unwrap())
-            .collect();
-    let key = PrivateKeyDer::try_from(frontend.key_der.clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    Arc::new(config)
+    client_config_on(provider, Some(&frontend), &pki.root.cert_pem)
 }
 
 /// Handshake with the proxy, echo one message, return the group used.
@@ -93,11 +77,7 @@ fn upstream_on(
         dns: vec!["payments.pay.svc".into()],
         ..Leaf::spiffe("ns/pay/sa/payments")
     });
-    let chain: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut issued.chain_pem.as_bytes())
-            .map(|c| c.unwrap())
-            .collect();
-    let key = PrivateKeyDer::try_from(issued.key_der.clone()).unwrap();
+    let (chain, key) = issued.rustls_chain_and_key();
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()

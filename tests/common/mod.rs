@@ -218,6 +218,15 @@ impl Issued {
         write_private(&key, &self.key_pem);
         (cert, key)
     }
+
+    /// The chain and key as rustls takes them.
+    pub fn rustls_chain_and_key(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let chain = rustls_pemfile::certs(&mut self.chain_pem.as_bytes())
+            .map(|c| c.unwrap())
+            .collect();
+        let key = PrivateKeyDer::try_from(self.key_der.clone()).unwrap();
+        (chain, key)
+    }
 }
 
 /// Write a file readable by the owner only.
@@ -513,7 +522,16 @@ pub fn recording_backend(reply: &'static [u8]) -> (SocketAddr, Arc<Mutex<Vec<Vec
 
 /// A rustls client config presenting `client` (if any) and trusting `roots_pem`.
 pub fn client_config(client: Option<&Issued>, roots_pem: &str) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    client_config_on(rustls::crypto::ring::default_provider(), client, roots_pem)
+}
+
+/// [`client_config`] on a chosen crypto provider (TLS 1.3 only).
+pub fn client_config_on(
+    provider: rustls::crypto::CryptoProvider,
+    client: Option<&Issued>,
+    roots_pem: &str,
+) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(provider);
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut roots_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -524,11 +542,7 @@ pub fn client_config(client: Option<&Issued>, roots_pem: &str) -> Arc<rustls::Cl
         .with_root_certificates(roots);
     let config = match client {
         Some(issued) => {
-            let chain: Vec<CertificateDer<'static>> =
-                rustls_pemfile::certs(&mut issued.chain_pem.as_bytes())
-                    .map(|c| c.unwrap())
-                    .collect();
-            let key = PrivateKeyDer::try_from(issued.key_der.clone()).unwrap();
+            let (chain, key) = issued.rustls_chain_and_key();
             builder.with_client_auth_cert(chain, key).unwrap()
         }
         None => builder.with_no_client_auth(),
