@@ -28,21 +28,8 @@ struct Setup {
 /// `global_extra` before it (e.g. a `[shutdown]` table).
 fn start(backend: SocketAddr, listener_extra: &str, global_extra: &str) -> Setup {
     let pki = Pki::new();
-    pki.issue_files(
-        "server",
-        &Leaf {
-            dns: vec!["proxy.example.org".into()],
-            ..Leaf::spiffe("ns/api/sa/server")
-        },
-    );
-    let port = free_port();
-    let config = format!(
-        "{identity}\n{global_extra}\n\
-         [[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{backend}\"\n\
-         {listener_extra}\n\
-         [[inbound.allow]]\nspiffe_id = \"{FRONTEND_ID}\"\n",
-        identity = pki.identity_toml("server"),
-    );
+    let body = format!("{listener_extra}\n[[inbound.allow]]\nspiffe_id = \"{FRONTEND_ID}\"\n");
+    let (config, addr) = inbound_config(&pki, backend, global_extra, &body);
     let proxy = Proxy::start(pki.dir.path(), &config);
     let frontend = pki.intermediate.issue(&Leaf {
         cn: Some("frontend".into()),
@@ -51,7 +38,7 @@ fn start(backend: SocketAddr, listener_extra: &str, global_extra: &str) -> Setup
     let client = client_config(Some(&frontend), &pki.root.cert_pem);
     Setup {
         proxy,
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        addr,
         client,
         _pki: pki,
     }

@@ -52,22 +52,8 @@ struct Setup {
 /// The proxy config for a listener in front of `backend`; returns the
 /// config text and the listener address.
 fn config_for(pki: &Pki, backend: SocketAddr, listener_extra: &str) -> (String, SocketAddr) {
-    pki.issue_files(
-        "server",
-        &Leaf {
-            dns: vec!["proxy.example.org".into()],
-            ..Leaf::spiffe("ns/api/sa/server")
-        },
-    );
-    let port = free_port();
-    let config = format!(
-        "{identity}\n\
-         [[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{backend}\"\n\
-         {listener_extra}\n\
-         [[inbound.allow]]\nspiffe_id = \"{FRONTEND_ID}\"\n",
-        identity = pki.identity_toml("server"),
-    );
-    (config, format!("127.0.0.1:{port}").parse().unwrap())
+    let body = format!("{listener_extra}\n[[inbound.allow]]\nspiffe_id = \"{FRONTEND_ID}\"\n");
+    inbound_config(pki, backend, "", &body)
 }
 
 fn frontend_client(pki: &Pki) -> Arc<rustls::ClientConfig> {

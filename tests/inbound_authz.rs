@@ -9,21 +9,8 @@ use time::Duration as TimeDuration;
 
 /// A proxy with the given allow rules in front of an echo backend.
 fn proxy_with_rules(pki: &Pki, rules: &str, extra: &str) -> (Proxy, std::net::SocketAddr) {
-    pki.issue_files(
-        "server",
-        &Leaf {
-            dns: vec!["proxy.example.org".into()],
-            ..Leaf::spiffe("ns/api/sa/server")
-        },
-    );
-    let backend = echo_backend();
-    let port = free_port();
-    let config = format!(
-        "{identity}{extra}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{backend}\"\n{rules}\n",
-        identity = pki.identity_toml("server"),
-    );
-    let proxy = Proxy::start(pki.dir.path(), &config);
-    (proxy, format!("127.0.0.1:{port}").parse().unwrap())
+    let (config, addr) = inbound_config(pki, echo_backend(), extra, rules);
+    (Proxy::start(pki.dir.path(), &config), addr)
 }
 
 const FRONTEND_ONLY: &str =

@@ -17,22 +17,9 @@ const FRONTEND: &str = "spiffe://example.org/ns/web/sa/frontend";
 
 /// An inbound proxy in front of an echo backend admitting the frontend.
 fn inbound(pki: &Pki) -> (Proxy, SocketAddr) {
-    pki.issue_files(
-        "server",
-        &Leaf {
-            dns: vec!["proxy.example.org".into()],
-            ..Leaf::spiffe("ns/api/sa/server")
-        },
-    );
-    let backend = echo_backend();
-    let port = free_port();
-    let config = format!(
-        "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{backend}\"\n\
-         [[inbound.allow]]\nspiffe_id = \"{FRONTEND}\"\n",
-        pki.identity_toml("server")
-    );
-    let proxy = Proxy::start(pki.dir.path(), &config);
-    (proxy, format!("127.0.0.1:{port}").parse().unwrap())
+    let allow = format!("[[inbound.allow]]\nspiffe_id = \"{FRONTEND}\"\n");
+    let (config, addr) = inbound_config(pki, echo_backend(), "", &allow);
+    (Proxy::start(pki.dir.path(), &config), addr)
 }
 
 /// A client config on `provider` presenting the frontend's certificate.

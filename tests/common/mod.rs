@@ -289,6 +289,34 @@ impl Pki {
     }
 }
 
+/// Issue the proxy's own certificate (`server.crt`: DNS `proxy.example.org`,
+/// SPIFFE ID `ns/api/sa/server`) and write the config of one inbound
+/// listener `api` in front of `backend`: `global_extra` goes before the
+/// `[[inbound]]` table, `listener_body` inside it (its keys, then its allow
+/// rules). Returns the config text and the listener's address.
+pub fn inbound_config(
+    pki: &Pki,
+    backend: SocketAddr,
+    global_extra: &str,
+    listener_body: &str,
+) -> (String, SocketAddr) {
+    pki.issue_files(
+        "server",
+        &Leaf {
+            dns: vec!["proxy.example.org".into()],
+            ..Leaf::spiffe("ns/api/sa/server")
+        },
+    );
+    let port = free_port();
+    let config = format!(
+        "{identity}\n{global_extra}\n\
+         [[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{backend}\"\n\
+         {listener_body}\n",
+        identity = pki.identity_toml("server"),
+    );
+    (config, format!("127.0.0.1:{port}").parse().unwrap())
+}
+
 /// A port that was free a moment ago. Chosen at random below the kernel's
 /// ephemeral range (32768+), so it cannot collide with a client socket's
 /// source port, and checked by binding it.
