@@ -123,10 +123,9 @@ impl<T> Drop for Pooled<T> {
 
 /// What one gathering read found.
 enum Gathered {
-    /// This many bytes, and the error that stopped the gathering after them.
+    /// This many bytes (0: end of stream), and the error that stopped the
+    /// gathering after them.
     Bytes(usize, Option<io::Error>),
-    /// End of stream before any byte.
-    Eof,
     /// Failed before any byte.
     Failed(io::Error),
     /// Nothing to read yet; the waker is registered.
@@ -163,11 +162,7 @@ fn gather<T: AsyncRead + Unpin>(
             Poll::Pending => break,
         }
     }
-    if filled == 0 {
-        Gathered::Eof
-    } else {
-        Gathered::Bytes(filled, None)
-    }
+    Gathered::Bytes(filled, None)
 }
 
 impl<T: AsyncRead + Unpin> AsyncBufRead for Pooled<T> {
@@ -186,7 +181,6 @@ impl<T: AsyncRead + Unpin> AsyncBufRead for Pooled<T> {
                     this.deferred_error = deferred;
                     n
                 }
-                Gathered::Eof => 0,
                 Gathered::Failed(e) => {
                     give_buffer(buffer);
                     return Poll::Ready(Err(e));
