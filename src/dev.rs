@@ -23,6 +23,7 @@ use crate::config::{
     AdminConfig, AllowRule, Config, FilesIdentity, IdentityConfig, InboundConfig, OutboundConfig,
     ShutdownConfig, TlsVersion,
 };
+use crate::tls::linger::LingerLimits;
 
 /// The trust domain of dev certificates.
 pub const DEV_TRUST_DOMAIN: &str = "dev.local";
@@ -140,6 +141,8 @@ fn dev_config(options: &DevOptions, files: &DevFiles, backend: &str) -> Config {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(3600),
             max_connections: 1024,
+            lingering_time: LingerLimits::DEFAULT.time,
+            lingering_bytes: LingerLimits::DEFAULT.bytes,
         });
     }
     Config {
@@ -171,6 +174,8 @@ fn dev_config(options: &DevOptions, files: &DevFiles, backend: &str) -> Config {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(3600),
             max_connections: 1024,
+            lingering_time: LingerLimits::DEFAULT.time,
+            lingering_bytes: LingerLimits::DEFAULT.bytes,
         }],
         outbound,
         shutdown: ShutdownConfig {

@@ -54,6 +54,18 @@ pub struct Metrics {
     pub peer_cert_expiration_min: GaugeVec,
     /// `portcullis_watch_errors_total{source}`: `[[watch]]` reads that failed.
     pub watch_errors: IntCounterVec,
+    /// `portcullis_lingering_closes_total{listener,direction,end}`: refused
+    /// peers given time to read our alert, by how that ended.
+    pub lingering_closes: IntCounterVec,
+    /// `portcullis_chain_cache_lookups_total{listener,direction,result}`:
+    /// verified-chain cache lookups, `hit` or `miss`.
+    pub chain_cache_lookups: IntCounterVec,
+    /// `portcullis_chain_cache_evictions_total{listener,direction}`: entries
+    /// dropped because the cache was full.
+    pub chain_cache_evictions: IntCounterVec,
+    /// `portcullis_chain_cache_entries{listener,direction}`: entries held,
+    /// as of the latest handshake that changed them.
+    pub chain_cache_entries: IntGaugeVec,
     cert_series: Arc<Mutex<HashMap<String, Vec<Vec<String>>>>>,
     peer_expiry: Arc<Mutex<HashMap<String, PeerExpiryWindow>>>,
 }
@@ -204,8 +216,40 @@ impl Metrics {
             ),
             &["source"],
         )?;
+        let lingering_closes = IntCounterVec::new(
+            Opts::new(
+                "portcullis_lingering_closes_total",
+                "Refused peers given time to read our TLS alert before the close, by how the wait ended.",
+            ),
+            &["listener", "direction", "end"],
+        )?;
+        let chain_cache_lookups = IntCounterVec::new(
+            Opts::new(
+                "portcullis_chain_cache_lookups_total",
+                "Verified-chain cache lookups by result (hit or miss).",
+            ),
+            &["listener", "direction", "result"],
+        )?;
+        let chain_cache_evictions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_chain_cache_evictions_total",
+                "Verified-chain cache entries dropped because the cache was full.",
+            ),
+            &["listener", "direction"],
+        )?;
+        let chain_cache_entries = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_chain_cache_entries",
+                "Verified chains held in the cache, as of the latest handshake that changed them.",
+            ),
+            &["listener", "direction"],
+        )?;
         registry.register(Box::new(peer_cert_expiration_min.clone()))?;
         registry.register(Box::new(watch_errors.clone()))?;
+        registry.register(Box::new(lingering_closes.clone()))?;
+        registry.register(Box::new(chain_cache_lookups.clone()))?;
+        registry.register(Box::new(chain_cache_evictions.clone()))?;
+        registry.register(Box::new(chain_cache_entries.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -237,6 +281,10 @@ impl Metrics {
             config_last_reload_success,
             peer_cert_expiration_min,
             watch_errors,
+            lingering_closes,
+            chain_cache_lookups,
+            chain_cache_evictions,
+            chain_cache_entries,
             cert_series: Arc::new(Mutex::new(HashMap::new())),
             peer_expiry: Arc::new(Mutex::new(HashMap::new())),
         })

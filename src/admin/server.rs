@@ -89,7 +89,7 @@ pub async fn serve(
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(
                         std::time::Duration::from_secs(10),
-                        acceptor.accept(stream),
+                        acceptor.accept(stream).into_fallible(),
                     );
                     let (result, record) = crate::tls::record_handshake(handshake).await;
                     match result {
@@ -98,12 +98,20 @@ pub async fn serve(
                                 .serve_connection(TokioIo::new(tls), service)
                                 .await;
                         }
-                        _ => {
+                        Ok(Err((error, stream))) => {
                             let who = record
                                 .identity
                                 .map(|i| i.display_name())
                                 .unwrap_or_default();
-                            tracing::warn!(listener = "admin", %peer, peer_identity = %who, "admin client refused");
+                            tracing::warn!(listener = "admin", %peer, peer_identity = %who, %error, "admin client refused");
+                            if crate::tls::sent_fatal_alert(&error) {
+                                let gate = crate::tls::linger::LingerGate::default();
+                                let limits = crate::tls::linger::LingerLimits::DEFAULT;
+                                crate::tls::linger::close_after_alert(stream, limits, &gate).await;
+                            }
+                        }
+                        Err(_) => {
+                            tracing::warn!(listener = "admin", %peer, "admin client refused: no TLS handshake within 10s");
                         }
                     }
                 }

@@ -44,6 +44,8 @@ use super::provisioner::{Provisioner, Provisioners};
 use super::revocation::Revocations;
 use super::sign::{Code, Credentials, Refusal, Signer};
 use crate::config::{ConfigError, ConfigErrors};
+use crate::tls::linger::{close_after_alert, LingerGate, LingerLimits};
+use crate::tls::sent_fatal_alert;
 
 /// Lifetime of the CA's own TLS certificate.
 const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -245,10 +247,17 @@ async fn serve(config: CaConfig, config_path: &Path) -> anyhow::Result<()> {
         let acceptor = acceptor.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let handshake = acceptor.accept(tcp).into_fallible();
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
+                Ok(Err((error, tcp))) => {
                     tracing::debug!(%peer, %error, "TLS handshake failed");
+                    if sent_fatal_alert(&error) {
+                        // The CA has no connection limit to protect, so
+                        // nothing ever sheds these.
+                        let gate = LingerGate::default();
+                        close_after_alert(tcp, LingerLimits::DEFAULT, &gate).await;
+                    }
                     return;
                 }
                 Err(_) => {

@@ -213,6 +213,14 @@ pub struct InboundConfig {
     /// Most connections open at once; further ones are closed at accept.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// After refusing a peer with a TLS alert, wait at most this long for
+    /// it to close, reading and discarding what it sends, so that it can
+    /// read the alert (a lingering close); `"0s"` closes at once.
+    #[serde(default = "default_lingering_time", with = "humantime_serde")]
+    pub lingering_time: Duration,
+    /// Most bytes read and discarded during a lingering close.
+    #[serde(default = "default_lingering_bytes")]
+    pub lingering_bytes: usize,
 }
 
 /// `[[outbound]]`: accept plaintext on loopback, originate mTLS upstream.
@@ -248,6 +256,14 @@ pub struct OutboundConfig {
     /// Most connections open at once; further ones are closed at accept.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// After refusing a peer with a TLS alert, wait at most this long for
+    /// it to close, reading and discarding what it sends, so that it can
+    /// read the alert (a lingering close); `"0s"` closes at once.
+    #[serde(default = "default_lingering_time", with = "humantime_serde")]
+    pub lingering_time: Duration,
+    /// Most bytes read and discarded during a lingering close.
+    #[serde(default = "default_lingering_bytes")]
+    pub lingering_bytes: usize,
 }
 
 /// One allow rule (or an outbound expectation). Every field named must match.
@@ -320,6 +336,14 @@ fn default_idle_timeout() -> Duration {
 
 fn default_max_connections() -> usize {
     4096
+}
+
+fn default_lingering_time() -> Duration {
+    crate::tls::linger::LingerLimits::DEFAULT.time
+}
+
+fn default_lingering_bytes() -> usize {
+    crate::tls::linger::LingerLimits::DEFAULT.bytes
 }
 
 fn default_renew_at() -> f64 {

@@ -141,6 +141,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
             ],
         );
         check_max_connections(&mut errors, &at, inbound.max_connections);
+        check_lingering(&mut errors, &at, inbound.lingering_time, inbound.lingering_bytes);
         if let Err(rule_errors) = Policy::compile(&inbound.allow, inbound.allow_any_authenticated) {
             for (rule, e) in rule_errors {
                 let key = if e.field == "(rule)" {
@@ -212,6 +213,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
             ],
         );
         check_max_connections(&mut errors, &at, outbound.max_connections);
+        check_lingering(&mut errors, &at, outbound.lingering_time, outbound.lingering_bytes);
         check_expect(&mut errors, &format!("{at}.expect"), &outbound.expect);
     }
     for (i, watch) in config.watch.iter().enumerate() {
@@ -375,6 +377,27 @@ fn check_max_connections(errors: &mut Errors, at: &str, value: usize) {
         errors.push(
             format!("{at}.max_connections"),
             format!("must be from 1 to {MAX_CONNECTIONS}"),
+        );
+    }
+}
+
+/// Longest lingering close accepted: a refused peer may hold its place
+/// under `max_connections` for at most this long.
+const MAX_LINGERING_TIME: Duration = Duration::from_secs(60);
+/// Most bytes a lingering close may read.
+const MAX_LINGERING_BYTES: usize = 16 * 1024 * 1024;
+
+fn check_lingering(errors: &mut Errors, at: &str, time: Duration, bytes: usize) {
+    if time > MAX_LINGERING_TIME {
+        errors.push(
+            format!("{at}.lingering_time"),
+            "must be at most 60s (a refused peer holds a connection slot while it lingers)",
+        );
+    }
+    if bytes > MAX_LINGERING_BYTES {
+        errors.push(
+            format!("{at}.lingering_bytes"),
+            format!("must be at most {MAX_LINGERING_BYTES}"),
         );
     }
 }

@@ -17,7 +17,8 @@ use super::{ConnectionContext, Direction};
 use crate::admin::metrics::reason;
 use crate::config::{InboundConfig, ProxyProtocol};
 use crate::identity::{Decision, Policy};
-use crate::tls::{handshake_failure_reason, record_handshake, HandshakeRecord};
+use crate::tls::linger::LingerLimits;
+use crate::tls::{handshake_failure_reason, record_handshake, sent_fatal_alert, HandshakeRecord};
 
 /// The settings of one inbound listener that a connection reads once, at accept.
 pub struct InboundSettings {
@@ -43,6 +44,8 @@ pub struct InboundSettings {
     pub policy: Arc<Policy>,
     /// Re-check live connections when a reload changes the policy.
     pub reauthorize_on_reload: bool,
+    /// How long a refused peer may take to read our alert.
+    pub linger: LingerLimits,
 }
 
 impl InboundSettings {
@@ -61,6 +64,10 @@ impl InboundSettings {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
             proxy_protocol: config.proxy_protocol,
+            linger: LingerLimits {
+                time: config.lingering_time,
+                bytes: config.lingering_bytes,
+            },
         }
     }
 }
@@ -85,7 +92,7 @@ pub async fn handle(
         settings.handshake_timeout,
         // rustls reads a socket at most a record at a time; through a
         // pooled buffer one recv takes up to four records.
-        settings.acceptor.accept(Pooled::new(stream)),
+        settings.acceptor.accept(Pooled::new(stream)).into_fallible(),
     )))
     .await;
     metrics
@@ -93,13 +100,18 @@ pub async fn handle(
         .with_label_values(&[name, direction])
         .observe(started.elapsed().as_secs_f64());
     count_decision(&ctx, name, &record);
+    ctx.count_chain_cache(name, Direction::Inbound, &record);
     let tls = match handshake {
         // Boxed: held across every later await, it would otherwise be
         // stored in this future and again in the pipe's.
         Ok(Ok(tls)) => Box::new(tls),
-        Ok(Err(error)) => {
+        Ok(Err((error, socket))) => {
             let result = handshake_failure_reason(&error);
             handshake_failed(&ctx, name, peer, result, &error.to_string(), &record);
+            if sent_fatal_alert(&error) {
+                Box::pin(ctx.close_refused(socket, settings.linger, name, Direction::Inbound))
+                    .await;
+            }
             return;
         }
         Err(_) => {

@@ -13,9 +13,14 @@ use tokio_util::task::TaskTracker;
 
 use super::Direction;
 use crate::admin::metrics::{reason, Metrics};
+use crate::tls::linger::LingerGate;
 
 /// Longest pause after repeated accept errors (e.g. out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How long a connection that arrives at a full listener waits for the
+/// places of shed lingering closes before it is refused.
+const SHED_WAIT: Duration = Duration::from_millis(100);
 
 /// An accept loop's fixed parts.
 #[derive(Debug, Clone)]
@@ -32,6 +37,8 @@ pub struct AcceptLoop {
     pub tracker: TaskTracker,
     /// Metrics.
     pub metrics: Metrics,
+    /// The listener's lingering closes, shed when the listener is full.
+    pub linger: Arc<LingerGate>,
 }
 
 impl AcceptLoop {
@@ -65,7 +72,7 @@ impl AcceptLoop {
                     continue;
                 }
             };
-            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+            let Some(permit) = self.place().await else {
                 self.metrics
                     .connection_errors
                     .with_label_values(&[&self.name, direction, reason::MAX_CONNECTIONS])
@@ -84,5 +91,22 @@ impl AcceptLoop {
             });
         }
         tracing::info!(listener = %self.name, "stopped accepting");
+    }
+
+    /// A place under the connection limit. At the limit, refused peers
+    /// that are still lingering give theirs up first: a refused peer must
+    /// never keep a new one out.
+    async fn place(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(permit) = self.limit.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        if self.linger.lingering() == 0 {
+            return None;
+        }
+        self.linger.shed();
+        tokio::time::timeout(SHED_WAIT, self.limit.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
     }
 }

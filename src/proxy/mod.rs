@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Metrics;
 use crate::identity::{PeerIdentity, Policy};
+use crate::tls::linger::{close_after_alert, LingerGate, LingerLimits};
+use crate::tls::HandshakeRecord;
 
 /// Which way a listener carries traffic; used as the `direction` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +48,54 @@ pub struct ConnectionContext {
     pub force_close: CancellationToken,
     /// The listener's live authorized connections, for reauthorization.
     pub live: Arc<LiveConnections>,
+    /// The listener's lingering closes, ended when the listener is full.
+    pub linger: Arc<LingerGate>,
+}
+
+impl ConnectionContext {
+    /// Count what the handshake did with the verified-chain cache.
+    pub fn count_chain_cache(&self, name: &str, direction: Direction, record: &HandshakeRecord) {
+        let Some(used) = record.chain_cache else {
+            return;
+        };
+        let labels = [name, direction.as_str()];
+        let result = if used.hit { "hit" } else { "miss" };
+        self.metrics
+            .chain_cache_lookups
+            .with_label_values(&[name, direction.as_str(), result])
+            .inc();
+        if used.evicted > 0 {
+            self.metrics
+                .chain_cache_evictions
+                .with_label_values(&labels)
+                .inc_by(used.evicted as u64);
+        }
+        if let Some(entries) = used.entries {
+            self.metrics
+                .chain_cache_entries
+                .with_label_values(&labels)
+                .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Close a connection on which we just sent a fatal TLS alert so that
+    /// the peer can read it (see [`crate::tls::linger`]), and count how the
+    /// lingering close ended.
+    pub async fn close_refused<S>(
+        &self,
+        socket: S,
+        limits: LingerLimits,
+        name: &str,
+        direction: Direction,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let end = close_after_alert(socket, limits, &self.linger).await;
+        self.metrics
+            .lingering_closes
+            .with_label_values(&[name, direction.as_str(), end.as_str()])
+            .inc();
+    }
 }
 
 /// The live, authorized connections of a listener with their peer identity,

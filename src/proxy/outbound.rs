@@ -18,7 +18,8 @@ use super::{ConnectionContext, Direction};
 use crate::admin::metrics::reason;
 use crate::config::{split_host_port, OutboundConfig};
 use crate::identity::Decision;
-use crate::tls::{handshake_failure_reason, record_handshake};
+use crate::tls::linger::LingerLimits;
+use crate::tls::{handshake_failure_reason, record_handshake, sent_fatal_alert};
 
 /// The settings of one outbound listener that a connection reads once, at accept.
 pub struct OutboundSettings {
@@ -40,6 +41,8 @@ pub struct OutboundSettings {
     pub connect_timeout: Duration,
     /// Idle limit on the established connection.
     pub idle_timeout: Duration,
+    /// How long a refused upstream may take to read our alert.
+    pub linger: LingerLimits,
 }
 
 impl OutboundSettings {
@@ -61,6 +64,10 @@ impl OutboundSettings {
             handshake_timeout: config.handshake_timeout,
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
+            linger: LingerLimits {
+                time: config.lingering_time,
+                bytes: config.lingering_bytes,
+            },
         })
     }
 }
@@ -104,7 +111,8 @@ pub async fn handle(
         settings.handshake_timeout,
         settings
             .connector
-            .connect(settings.server_name.clone(), Pooled::new(upstream)),
+            .connect(settings.server_name.clone(), Pooled::new(upstream))
+            .into_fallible(),
     )))
     .await;
     metrics
@@ -112,6 +120,7 @@ pub async fn handle(
         .with_label_values(&[name, direction])
         .observe(handshake_started.elapsed().as_secs_f64());
     count_decision(&ctx, name, &record);
+    ctx.count_chain_cache(name, Direction::Outbound, &record);
     let identity = record
         .identity
         .as_ref()
@@ -121,7 +130,7 @@ pub async fn handle(
         // Boxed: held across every later await, it would otherwise be
         // stored in this future and again in the pipe's.
         Ok(Ok(tls)) => Box::new(tls),
-        Ok(Err(error)) => {
+        Ok(Err((error, socket))) => {
             let result = handshake_failure_reason(&error);
             let detail = match (&record.decision, &record.chain_error) {
                 (Some(Decision::Deny { reason }), _) => reason.clone(),
@@ -137,6 +146,10 @@ pub async fn handle(
                 &identity,
                 &detail,
             );
+            if sent_fatal_alert(&error) {
+                Box::pin(ctx.close_refused(socket, settings.linger, name, Direction::Outbound))
+                    .await;
+            }
             return;
         }
         Err(_) => {

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::Metrics;
 use crate::proxy::listener::AcceptLoop;
 use crate::proxy::{ConnectionContext, Direction, LiveConnections};
+use crate::tls::linger::LingerGate;
 
 /// One running listener.
 pub struct Running<S> {
@@ -72,10 +73,12 @@ impl<S: Send + Sync + 'static> Running<S> {
         let stop_accepting = shared.stop_all.child_token();
         let force_close = shared.force_all.child_token();
         let live = Arc::new(LiveConnections::default());
+        let linger = Arc::new(LingerGate::default());
         let ctx = ConnectionContext {
             metrics: shared.metrics.clone(),
             force_close: force_close.clone(),
             live: live.clone(),
+            linger: linger.clone(),
         };
         let accept = AcceptLoop {
             name,
@@ -84,6 +87,7 @@ impl<S: Send + Sync + 'static> Running<S> {
             stop_accepting: stop_accepting.clone(),
             tracker: shared.tracker.clone(),
             metrics: shared.metrics.clone(),
+            linger,
         };
         let current = settings.clone();
         let accept_task = tokio::spawn(accept.run(listener, move |stream, peer| {

@@ -3,6 +3,7 @@
 //! the rustls server/client configs built from them.
 
 pub mod chain_cache;
+pub mod linger;
 pub mod store;
 pub mod verify;
 
@@ -96,10 +97,22 @@ pub fn outbound_client_config(
     Ok(Arc::new(config))
 }
 
+/// True when a failed handshake ended with a fatal alert from us (and not
+/// with the peer's alert, a closed socket or an I/O error): then the peer
+/// should be given the time to read it ([`linger`]).
+pub fn sent_fatal_alert(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| !matches!(tls, rustls::Error::AlertReceived(_)))
+}
+
 /// A bounded label for why a TLS handshake failed, from the error that
-/// tokio-rustls returned (used for the `result` label and in logs).
+/// tokio-rustls returned (used for the `result` label and in logs). For a
+/// refused certificate it names the alert rustls sends for that error, so
+/// the label and what the peer reads always agree.
 pub fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
-    use rustls::{CertificateError as C, Error as E};
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
     let Some(tls) = error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -111,14 +124,17 @@ pub fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
         };
     };
     match tls {
-        E::InvalidCertificate(C::ApplicationVerificationFailure) => "access_denied",
-        E::InvalidCertificate(C::UnknownIssuer) => "unknown_ca",
-        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "cert_expired",
-        E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
-            "cert_not_yet_valid"
-        }
-        E::InvalidCertificate(C::Revoked) => "cert_revoked",
-        E::InvalidCertificate(_) => "bad_certificate",
+        E::InvalidCertificate(cert) => match (cert, A::from(cert.clone())) {
+            (C::NotValidYet | C::NotValidYetContext { .. }, _) => "cert_not_yet_valid",
+            (_, A::AccessDenied) => "access_denied",
+            (_, A::UnknownCA) => "unknown_ca",
+            (_, A::CertificateExpired) => "cert_expired",
+            (_, A::CertificateRevoked) => "cert_revoked",
+            (_, A::DecryptError) => "decrypt_error",
+            (_, A::BadCertificate) => "bad_certificate",
+            (_, A::UnsupportedCertificate) => "unsupported_certificate",
+            _ => "certificate_unknown",
+        },
         E::NoCertificatesPresented => "no_client_cert",
         E::AlertReceived(_) => "alert_received",
         E::PeerIncompatible(_) => "incompatible",

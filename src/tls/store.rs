@@ -11,8 +11,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
-use rustls::server::danger::ClientCertVerifier;
-use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
@@ -33,8 +31,6 @@ pub struct TlsMaterial {
     pub crls: Vec<webpki::CertRevocationList<'static>>,
     /// Revocation lists as loaded.
     pub crl_ders: Vec<CertificateRevocationListDer<'static>>,
-    /// Chain verifier for inbound client certificates (trust bundle + CRLs).
-    pub client_chain_verifier: Arc<dyn ClientCertVerifier>,
     /// Our leaf's notBefore, seconds since the Unix epoch.
     pub leaf_not_before: i64,
     /// When this material was built, seconds since the Unix epoch. CAs
@@ -89,14 +85,13 @@ impl TlsMaterial {
                 what: "certificate and key".into(),
                 reason: format!("{e}: the key is not the one the certificate was issued for"),
             })?;
-        let trust = Trust::build(trust_bundle, crls, provider)?;
+        let trust = Trust::build(trust_bundle, crls)?;
         Ok(TlsMaterial {
             certified_key: Arc::new(certified_key),
             roots: trust.roots,
             trust_bundle: trust.bundle,
             crls: trust.crls,
             crl_ders: trust.crl_ders,
-            client_chain_verifier: trust.verifier,
             leaf_not_before,
             leaf_not_after,
             obtained_at: unix_now(),
@@ -109,16 +104,14 @@ impl TlsMaterial {
         &self,
         trust_bundle: Vec<CertificateDer<'static>>,
         crls: Vec<CertificateRevocationListDer<'static>>,
-        provider: &Arc<CryptoProvider>,
     ) -> Result<TlsMaterial, CertError> {
-        let trust = Trust::build(trust_bundle, crls, provider)?;
+        let trust = Trust::build(trust_bundle, crls)?;
         Ok(TlsMaterial {
             certified_key: self.certified_key.clone(),
             roots: trust.roots,
             trust_bundle: trust.bundle,
             crls: trust.crls,
             crl_ders: trust.crl_ders,
-            client_chain_verifier: trust.verifier,
             leaf_not_before: self.leaf_not_before,
             leaf_not_after: self.leaf_not_after,
             obtained_at: self.obtained_at,
@@ -132,20 +125,18 @@ impl TlsMaterial {
     }
 }
 
-/// Trust anchors, CRLs and the client chain verifier built from them.
+/// Trust anchors and CRLs.
 struct Trust {
     bundle: Vec<CertificateDer<'static>>,
     roots: Arc<RootCertStore>,
     crls: Vec<webpki::CertRevocationList<'static>>,
     crl_ders: Vec<CertificateRevocationListDer<'static>>,
-    verifier: Arc<dyn ClientCertVerifier>,
 }
 
 impl Trust {
     fn build(
         trust_bundle: Vec<CertificateDer<'static>>,
         crls: Vec<CertificateRevocationListDer<'static>>,
-        provider: &Arc<CryptoProvider>,
     ) -> Result<Trust, CertError> {
         let mut roots = RootCertStore::empty();
         for (index, cert) in trust_bundle.iter().enumerate() {
@@ -155,25 +146,20 @@ impl Trust {
                 reason: format!("cannot be used as a trust anchor ({e})"),
             })?;
         }
+        if roots.is_empty() {
+            return Err(CertError::Invalid {
+                part: Part::TrustBundle,
+                what: "trust bundle".into(),
+                reason: "holds no trust anchor".into(),
+            });
+        }
         let roots = Arc::new(roots);
         let parsed_crls = parse_crls(&crls)?;
-        let mut builder =
-            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .allow_unknown_revocation_status();
-        if !crls.is_empty() {
-            builder = builder.with_crls(crls.clone());
-        }
-        let verifier = builder.build().map_err(|e| CertError::Invalid {
-            part: Part::TrustBundle,
-            what: "trust bundle".into(),
-            reason: e.to_string(),
-        })?;
         Ok(Trust {
             bundle: trust_bundle,
             roots,
             crls: parsed_crls,
             crl_ders: crls,
-            verifier,
         })
     }
 }
@@ -249,7 +235,7 @@ impl IdentityStore {
     ) -> Result<Arc<TlsMaterial>, CertError> {
         let current = self.current();
         let material =
-            current.with_trust_bundle(trust_bundle, current.crl_ders.clone(), &self.provider)?;
+            current.with_trust_bundle(trust_bundle, current.crl_ders.clone())?;
         Ok(self.install_material(material))
     }
 

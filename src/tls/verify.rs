@@ -23,7 +23,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use super::chain_cache::{ChainCache, ChainKey};
+use super::chain_cache::{CacheUse, ChainCache, ChainKey};
 use super::store::{IdentityStore, TlsMaterial};
 use crate::identity::policy::{Decision, Policy, Rule};
 use crate::identity::PeerIdentity;
@@ -37,6 +37,9 @@ pub struct HandshakeRecord {
     pub decision: Option<Decision>,
     /// Why the peer's chain was rejected, when it was.
     pub chain_error: Option<String>,
+    /// What the handshake did with the verified-chain cache, when it got
+    /// that far.
+    pub chain_cache: Option<CacheUse>,
 }
 
 tokio::task_local! {
@@ -100,10 +103,14 @@ impl ClientCertVerifier for InboundVerifier {
             now,
             self.policy.extension_oids(),
             || {
-                material
-                    .client_chain_verifier
-                    .verify_client_cert(end_entity, intermediates, now)
-                    .map(|_| ())
+                verify_chain(
+                    &self.store,
+                    &material,
+                    end_entity,
+                    intermediates,
+                    now,
+                    webpki::KeyUsage::client_auth(),
+                )
             },
         )?;
         let decision = self.policy.evaluate(&identity);
@@ -186,7 +193,16 @@ impl ServerCertVerifier for OutboundVerifier {
             intermediates,
             now,
             &[],
-            || verify_server_chain(&self.store, &material, end_entity, intermediates, now),
+            || {
+                verify_chain(
+                    &self.store,
+                    &material,
+                    end_entity,
+                    intermediates,
+                    now,
+                    webpki::KeyUsage::server_auth(),
+                )
+            },
         )?;
         let outcome = self.expect.check(&identity);
         let decision = match &outcome {
@@ -234,9 +250,12 @@ impl ServerCertVerifier for OutboundVerifier {
 }
 
 /// The peer's identity from a chain that verifies: from the cache when this
-/// exact chain verified before under the same trust material (see
-/// [`ChainCache`]), else by running `verify_chain` and parsing the leaf.
-/// Why a chain failed is left in the handshake record.
+/// leaf verified before under the same trust material through intermediates
+/// the peer presents again (see [`ChainCache`]), else by running
+/// `verify_chain` (which returns the path's intermediates) and parsing the
+/// leaf. Every entry of the peer's list must be a certificate, cached or
+/// not. Why a chain failed, and what the cache did, are left in the
+/// handshake record.
 fn verified_identity(
     cache: &ChainCache,
     trust_generation: u64,
@@ -244,65 +263,92 @@ fn verified_identity(
     intermediates: &[CertificateDer<'_>],
     now: UnixTime,
     extension_oids: &[String],
-    verify_chain: impl FnOnce() -> Result<(), TlsError>,
+    verify_chain: impl FnOnce() -> Result<Vec<CertificateDer<'static>>, TlsError>,
 ) -> Result<Arc<PeerIdentity>, TlsError> {
-    let key = ChainKey::of(end_entity, intermediates);
-    if let Some(identity) = cache.get(&key, trust_generation, now) {
+    if let Err(e) = check_presented(intermediates) {
+        record(|r| r.chain_error = Some(e));
+        return Err(TlsError::InvalidCertificate(CertificateError::BadEncoding));
+    }
+    let key = ChainKey::of_leaf(end_entity);
+    if let Some(identity) = cache.get(&key, trust_generation, now, intermediates) {
+        record(|r| {
+            r.chain_cache = Some(CacheUse {
+                hit: true,
+                ..CacheUse::default()
+            })
+        });
         return Ok(identity);
     }
-    if let Err(e) = verify_chain() {
+    record(|r| r.chain_cache = Some(CacheUse::default()));
+    let path = verify_chain().inspect_err(|e| {
         record(|r| r.chain_error = Some(e.to_string()));
-        return Err(e);
-    }
+    })?;
     let identity = PeerIdentity::from_der(end_entity, extension_oids).map_err(|e| {
         record(|r| r.chain_error = Some(e.to_string()));
         TlsError::InvalidCertificate(CertificateError::BadEncoding)
     })?;
     let identity = Arc::new(identity);
-    cache.insert(
-        key,
-        trust_generation,
-        end_entity,
-        intermediates,
-        identity.clone(),
-    );
+    let used = cache.insert(key, trust_generation, end_entity, path, identity.clone());
+    record(|r| r.chain_cache = Some(used));
     Ok(identity)
 }
 
-/// Check an upstream's chain against the trust bundle and CRLs for server use.
-fn verify_server_chain(
+/// Every certificate the peer sent beyond its leaf must at least parse as
+/// one: path building skips what it cannot use, so without this check junk
+/// in the list would pass unnoticed (other TLS stacks answer decode_error
+/// or bad_certificate to it).
+fn check_presented(intermediates: &[CertificateDer<'_>]) -> Result<(), String> {
+    for (index, der) in intermediates.iter().enumerate() {
+        if let Err(e) = webpki::EndEntityCert::try_from(der) {
+            return Err(format!(
+                "entry {} of the peer's certificate list is not a certificate ({e:?})",
+                index + 2
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Check a peer's chain against the trust bundle and CRLs for `usage`
+/// (client or server authentication); returns the intermediates of the
+/// path that verified, leaf side first.
+fn verify_chain(
     store: &IdentityStore,
     material: &TlsMaterial,
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     now: UnixTime,
-) -> Result<(), TlsError> {
+    usage: webpki::KeyUsage,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let algorithms = store.provider().signature_verification_algorithms.all;
-    webpki::EndEntityCert::try_from(end_entity)
-        .and_then(|cert| {
-            let crl_refs: Vec<&webpki::CertRevocationList<'_>> = material.crls.iter().collect();
-            let revocation = if crl_refs.is_empty() {
-                None
-            } else {
-                webpki::RevocationOptionsBuilder::new(&crl_refs)
-                    .ok()
-                    .map(|b| {
-                        b.with_status_policy(webpki::UnknownStatusPolicy::Allow)
-                            .build()
-                    })
-            };
-            cert.verify_for_usage(
-                algorithms,
-                &material.roots.roots,
-                intermediates,
-                now,
-                webpki::KeyUsage::server_auth(),
-                revocation,
-                None,
-            )
-            .map(|_| ())
-        })
-        .map_err(pki_error)
+    let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+    let crl_refs: Vec<&webpki::CertRevocationList<'_>> = material.crls.iter().collect();
+    // A chain whose issuer has no CRL loaded is accepted ("unknown status").
+    let revocation = if crl_refs.is_empty() {
+        None
+    } else {
+        webpki::RevocationOptionsBuilder::new(&crl_refs)
+            .ok()
+            .map(|b| {
+                b.with_status_policy(webpki::UnknownStatusPolicy::Allow)
+                    .build()
+            })
+    };
+    let path = cert
+        .verify_for_usage(
+            algorithms,
+            &material.roots.roots,
+            intermediates,
+            now,
+            usage,
+            revocation,
+            None,
+        )
+        .map_err(pki_error)?;
+    Ok(path
+        .intermediate_certificates()
+        .map(|c| c.der().into_owned())
+        .collect())
 }
 
 /// The peer's TLS 1.2 handshake signature, with the store's algorithms.
