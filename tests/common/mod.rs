@@ -18,6 +18,8 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use time::{Duration as TimeDuration, OffsetDateTime};
 
+pub mod netns;
+
 /// The trust domain used by test certificates.
 pub const TD: &str = "example.org";
 
