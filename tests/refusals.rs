@@ -33,7 +33,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
 const ATTEMPTS: usize = 20;
-const FRONTEND: &str = "[[inbound.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/sa/frontend\"\n";
+const FRONTEND: &str =
+    "[[inbound.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/sa/frontend\"\n";
 const REVOKED_SERIAL: u64 = 0x5eed;
 
 /// A proxy with one inbound listener that admits `ns/web/sa/frontend`, a CRL
@@ -349,8 +350,11 @@ fn every_refusal_reaches_the_client() {
         }
     }
     // The frontend itself still gets through.
-    echo_roundtrip(fx.addr, client_config(Some(&frontend.issued), &fx.pki.root.cert_pem))
-        .expect("the allowed client is served");
+    echo_roundtrip(
+        fx.addr,
+        client_config(Some(&frontend.issued), &fx.pki.root.cert_pem),
+    )
+    .expect("the allowed client is served");
 
     let resets = tcp_ext_counter("TCPAbortOnData") - resets_before;
     assert_eq!(resets, 0, "the proxy reset {resets} connections");
@@ -439,7 +443,9 @@ fn clients_that_never_read_are_cut_at_the_lingering_bound_and_starve_nobody() {
         held.push(stream.sock);
     }
     let opened = Instant::now();
-    let silent: Vec<TcpStream> = (0..SILENT).map(|_| silent_refused_client(fx.addr)).collect();
+    let silent: Vec<TcpStream> = (0..SILENT)
+        .map(|_| silent_refused_client(fx.addr))
+        .collect();
     let lingering = wait_for_metric(
         &fx,
         "portcullis_connections_open",
@@ -501,7 +507,10 @@ fn a_full_listener_sheds_lingering_refusals_for_a_new_client() {
         LIMIT as f64,
         Duration::from_secs(20),
     );
-    assert_eq!(lingering, LIMIT as f64, "the listener is full of lingering refusals");
+    assert_eq!(
+        lingering, LIMIT as f64,
+        "the listener is full of lingering refusals"
+    );
     // Accepted is not yet refused: give the last ones time to send their alert.
     std::thread::sleep(Duration::from_millis(300));
     echo_roundtrip(
@@ -592,7 +601,11 @@ fn junk_beside_a_copied_certificate_never_grows_the_chain_cache() {
     let refused: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
     assert_eq!(refused, ATTACKS);
 
-    assert_eq!(entries(&fx), 1.0, "the cache holds the frontend's entry only");
+    assert_eq!(
+        entries(&fx),
+        1.0,
+        "the cache holds the frontend's entry only"
+    );
     assert_eq!(
         fx.metric("portcullis_chain_cache_evictions_total", &[]),
         0.0

@@ -141,7 +141,12 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
             ],
         );
         check_max_connections(&mut errors, &at, inbound.max_connections);
-        check_lingering(&mut errors, &at, inbound.lingering_time, inbound.lingering_bytes);
+        check_lingering(
+            &mut errors,
+            &at,
+            inbound.lingering_time,
+            inbound.lingering_bytes,
+        );
         if let Err(rule_errors) = Policy::compile(&inbound.allow, inbound.allow_any_authenticated) {
             for (rule, e) in rule_errors {
                 let key = if e.field == "(rule)" {
@@ -213,7 +218,12 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
             ],
         );
         check_max_connections(&mut errors, &at, outbound.max_connections);
-        check_lingering(&mut errors, &at, outbound.lingering_time, outbound.lingering_bytes);
+        check_lingering(
+            &mut errors,
+            &at,
+            outbound.lingering_time,
+            outbound.lingering_bytes,
+        );
         check_expect(&mut errors, &format!("{at}.expect"), &outbound.expect);
     }
     for (i, watch) in config.watch.iter().enumerate() {

@@ -92,7 +92,10 @@ pub async fn handle(
         settings.handshake_timeout,
         // rustls reads a socket at most a record at a time; through a
         // pooled buffer one recv takes up to four records.
-        settings.acceptor.accept(Pooled::new(stream)).into_fallible(),
+        settings
+            .acceptor
+            .accept(Pooled::new(stream))
+            .into_fallible(),
     )))
     .await;
     metrics

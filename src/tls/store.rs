@@ -234,8 +234,7 @@ impl IdentityStore {
         trust_bundle: Vec<CertificateDer<'static>>,
     ) -> Result<Arc<TlsMaterial>, CertError> {
         let current = self.current();
-        let material =
-            current.with_trust_bundle(trust_bundle, current.crl_ders.clone())?;
+        let material = current.with_trust_bundle(trust_bundle, current.crl_ders.clone())?;
         Ok(self.install_material(material))
     }
 

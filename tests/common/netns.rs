@@ -37,7 +37,14 @@ pub fn in_own_network_namespace(test: &str, body: impl FnOnce()) {
     }
     let exe = std::env::current_exe().expect("the test binary's path");
     let output = Command::new("unshare")
-        .args(["--net", "--", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"])
+        .args([
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$@\"",
+            "sh",
+        ])
         .arg(exe)
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(INNER, test)
@@ -67,7 +74,10 @@ pub fn tcp_ext_counter(name: &str) -> u64 {
             continue;
         }
         let names = header.split_whitespace();
-        if let Some((_, value)) = names.zip(values.split_whitespace()).find(|(n, _)| *n == name) {
+        if let Some((_, value)) = names
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == name)
+        {
             return value.parse().expect("a counter");
         }
     }

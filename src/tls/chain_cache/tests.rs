@@ -115,7 +115,9 @@ fn stays_bounded_evicting_one_entry_at_a_time() {
     for i in 0..(CAPACITY + 10) {
         // Distinct keys; validity read from the real leaf.
         let key = ChainKey::of_leaf(&CertificateDer::from(format!("leaf {i}").into_bytes()));
-        evicted += cache.insert(key, 1, &leaf, vec![], identity.clone()).evicted;
+        evicted += cache
+            .insert(key, 1, &leaf, vec![], identity.clone())
+            .evicted;
     }
     assert_eq!(cache.len(), CAPACITY);
     assert_eq!(evicted, 10);
