@@ -23,9 +23,9 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, Server
 use time::{Duration as TimeDuration, OffsetDateTime};
 
 use portcullis::certs::Credentials;
-use portcullis::config::{AllowRule, TlsVersion};
+use portcullis::config::TlsVersion;
 use portcullis::identity::glob::Glob;
-use portcullis::identity::{PeerIdentity, Policy};
+use portcullis::identity::{PeerIdentity, Policy, RuleSpec};
 use portcullis::tls::{default_provider, inbound_server_config, IdentityStore, TlsMaterial};
 
 const CLIENT_ID: &str = "spiffe://example.org/ns/web/sa/frontend";
@@ -118,32 +118,32 @@ fn pki() -> Pki {
 fn policy() -> Policy {
     let mut rules = Vec::new();
     for i in 0..10 {
-        rules.push(AllowRule {
+        rules.push(RuleSpec {
             spiffe_id: Some(format!("spiffe://example.org/ns/team{i}/sa/*")),
-            ..AllowRule::default()
+            ..RuleSpec::default()
         });
     }
     for i in 0..5 {
-        rules.push(AllowRule {
+        rules.push(RuleSpec {
             dns: Some(format!("*.team{i}.svc.cluster.local")),
             ou: Some("sre".into()),
-            ..AllowRule::default()
+            ..RuleSpec::default()
         });
     }
     for i in 0..3 {
-        rules.push(AllowRule {
+        rules.push(RuleSpec {
             cn: Some(format!("worker-{i}")),
             o: Some("Example".into()),
-            ..AllowRule::default()
+            ..RuleSpec::default()
         });
     }
-    rules.push(AllowRule {
+    rules.push(RuleSpec {
         spiffe_id: Some("spiffe://example.org/ns/web/sa/api".into()),
-        ..AllowRule::default()
+        ..RuleSpec::default()
     });
-    rules.push(AllowRule {
+    rules.push(RuleSpec {
         spiffe_id: Some(CLIENT_ID.into()),
-        ..AllowRule::default()
+        ..RuleSpec::default()
     });
     Policy::compile(&rules, false).unwrap()
 }

@@ -18,10 +18,9 @@ use std::net::IpAddr;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use portcullis::config::AllowRule;
 use portcullis::identity::glob::Glob;
 use portcullis::identity::peer::hex;
-use portcullis::identity::policy::{Policy, Rule};
+use portcullis::identity::policy::{Policy, Rule, RuleSpec};
 use portcullis::identity::{Decision, PeerIdentity, SpiffeId};
 
 /// An extension OID: mostly ones the peer may carry, sometimes anything.
@@ -58,8 +57,8 @@ struct FuzzRule {
 }
 
 impl FuzzRule {
-    fn to_rule(&self) -> AllowRule {
-        AllowRule {
+    fn to_rule(&self) -> RuleSpec {
+        RuleSpec {
             spiffe_id: self.spiffe_id.clone(),
             dns: self.dns.clone(),
             uri: self.uri.clone(),
@@ -167,7 +166,7 @@ fuzz_target!(|input: Input| {
 });
 
 fn check_policy(input: &Input) {
-    let rules: Vec<AllowRule> = input.rules.iter().take(6).map(FuzzRule::to_rule).collect();
+    let rules: Vec<RuleSpec> = input.rules.iter().take(6).map(FuzzRule::to_rule).collect();
     let peer = input.peer.to_peer();
     let policy = match Policy::compile(&rules, input.allow_any_authenticated) {
         Ok(policy) => policy,

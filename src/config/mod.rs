@@ -4,12 +4,14 @@
 //! file, the key path (e.g. `inbound[0].allow[1].spiffe_id`) and the reason,
 //! and all problems are reported at once rather than the first only.
 
+mod rules;
 pub mod schema;
 mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use rules::{compile_policy, compile_rule};
 pub use schema::*;
 pub use validate::split_host_port;
 

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 
+use super::rules::{compile_policy, compile_rule};
 use super::schema::{AllowRule, Config, IdentityConfig};
 use super::ConfigError;
-use crate::identity::policy::{Policy, Rule};
 
 /// Longest listener name; names are metric label values.
 const MAX_NAME_LEN: usize = 64;
@@ -31,7 +31,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
     }
     let admin = &config.admin;
     if admin.mtls {
-        if let Err(rule_errors) = Policy::compile(&admin.allow, admin.allow_any_authenticated) {
+        if let Err(rule_errors) = compile_policy(&admin.allow, admin.allow_any_authenticated) {
             for (rule, e) in rule_errors {
                 errors.push(
                     format!("admin.allow[{rule}].{}", e.field).replace(".(rule)", ""),
@@ -147,7 +147,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
             inbound.lingering_time,
             inbound.lingering_bytes,
         );
-        if let Err(rule_errors) = Policy::compile(&inbound.allow, inbound.allow_any_authenticated) {
+        if let Err(rule_errors) = compile_policy(&inbound.allow, inbound.allow_any_authenticated) {
             for (rule, e) in rule_errors {
                 let key = if e.field == "(rule)" {
                     format!("{at}.allow[{rule}]")
@@ -413,7 +413,7 @@ fn check_lingering(errors: &mut Errors, at: &str, time: Duration, bytes: usize) 
 }
 
 fn check_expect(errors: &mut Errors, key: &str, expect: &AllowRule) {
-    if let Err(rule_errors) = Rule::compile(expect) {
+    if let Err(rule_errors) = compile_rule(expect) {
         for e in rule_errors {
             let reason = if e.field == "(rule)" {
                 "names no identity field: say which upstream identity to expect, \

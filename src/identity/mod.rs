@@ -7,5 +7,5 @@ pub mod policy;
 pub mod spiffe;
 
 pub use peer::PeerIdentity;
-pub use policy::{Decision, Policy};
+pub use policy::{Decision, Policy, RuleSpec};
 pub use spiffe::SpiffeId;

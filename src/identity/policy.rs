@@ -4,15 +4,50 @@
 //! when any rule matches (OR). `allow_any_authenticated` admits every peer
 //! whose chain verified and must be written explicitly. A denial carries the
 //! reason for each rule, so the log line says exactly what failed.
+//!
+//! The engine takes its rules as [`RuleSpec`], its own input type, not the
+//! config schema's `AllowRule`: identity is the lower layer, and the same
+//! engine serves the handshake, HTTP routes, shadow rules and `authz
+//! explain`, which do not all start from a config file. `config` converts.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
-
-use crate::config::schema::AllowRule;
 
 use super::glob::Glob;
 use super::peer::PeerIdentity;
 use super::spiffe::SpiffeId;
+
+/// One allow rule before compilation: the identity fields a peer must match,
+/// as the operator wrote them. Every field named must match (AND); an absent
+/// field is not checked.
+///
+/// Values are exact strings or simple globs (see docs/configuration.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuleSpec {
+    /// The peer's SPIFFE ID.
+    pub spiffe_id: Option<String>,
+    /// Any DNS SAN.
+    pub dns: Option<String>,
+    /// Any URI SAN.
+    pub uri: Option<String>,
+    /// Any IP SAN: an address or a CIDR block.
+    pub ip: Option<String>,
+    /// Any email SAN.
+    pub email: Option<String>,
+    /// Subject common name.
+    pub cn: Option<String>,
+    /// Any subject organization.
+    pub o: Option<String>,
+    /// Any subject organizational unit.
+    pub ou: Option<String>,
+    /// Issuer distinguished name, as `cert inspect` prints it.
+    pub issuer: Option<String>,
+    /// Serial number in hex; `:` separators and leading zeros are ignored.
+    pub serial: Option<String>,
+    /// Custom extensions: dotted OID to expected value.
+    pub extensions: BTreeMap<String, String>,
+}
 
 /// The compiled allow rules of one listener (or one outbound expectation).
 #[derive(Debug, Clone)]
@@ -91,7 +126,7 @@ impl Policy {
     /// Compile a listener's rules. On error, returns the rule index and field
     /// of every bad value.
     pub fn compile(
-        rules: &[AllowRule],
+        rules: &[RuleSpec],
         allow_any_authenticated: bool,
     ) -> Result<Policy, Vec<(usize, RuleError)>> {
         let mut compiled = Vec::with_capacity(rules.len());
@@ -153,7 +188,7 @@ impl Policy {
 
 impl Rule {
     /// Compile one rule; every field is checked so all errors are reported.
-    pub fn compile(rule: &AllowRule) -> Result<Rule, Vec<RuleError>> {
+    pub fn compile(rule: &RuleSpec) -> Result<Rule, Vec<RuleError>> {
         let mut matchers = Vec::new();
         let mut errors = Vec::new();
         let mut glob = |field: &str, value: &Option<String>, sep: Option<char>, ci: bool| {
@@ -452,8 +487,8 @@ mod tests {
         }
     }
 
-    fn rule(f: impl FnOnce(&mut AllowRule)) -> AllowRule {
-        let mut r = AllowRule::default();
+    fn rule(f: impl FnOnce(&mut RuleSpec)) -> RuleSpec {
+        let mut r = RuleSpec::default();
         f(&mut r);
         r
     }

@@ -26,9 +26,9 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{AdminState, Metrics};
 use crate::certs;
 use crate::config::{
-    Config, ConfigError, ConfigErrors, IdentityConfig, InboundConfig, OutboundConfig,
+    compile_policy, compile_rule, Config, ConfigError, ConfigErrors, IdentityConfig, InboundConfig,
+    OutboundConfig,
 };
-use crate::identity::policy::{Policy, Rule};
 use crate::proxy::inbound::{self, InboundSettings};
 use crate::proxy::outbound::{self, OutboundSettings};
 use crate::proxy::Direction;
@@ -111,7 +111,7 @@ fn build_inbound(
     store: &Arc<IdentityStore>,
 ) -> Result<InboundSettings, String> {
     let policy = Arc::new(
-        Policy::compile(&cfg.allow, cfg.allow_any_authenticated).map_err(|errors| {
+        compile_policy(&cfg.allow, cfg.allow_any_authenticated).map_err(|errors| {
             errors
                 .iter()
                 .map(|(rule, e)| format!("allow[{rule}].{e}"))
@@ -128,7 +128,7 @@ fn build_outbound(
     cfg: &OutboundConfig,
     store: &Arc<IdentityStore>,
 ) -> Result<OutboundSettings, String> {
-    let expect = Rule::compile(&cfg.expect).map_err(|errors| {
+    let expect = compile_rule(&cfg.expect).map_err(|errors| {
         errors
             .iter()
             .map(|e| format!("expect.{e}"))
@@ -258,7 +258,7 @@ pub async fn serve(
             .with_context(|| format!("admin: cannot listen on {}", config.admin.listen))?;
         bound.admin = Some(listener.local_addr()?);
         let tls = if config.admin.mtls {
-            let policy = Policy::compile(&config.admin.allow, config.admin.allow_any_authenticated)
+            let policy = compile_policy(&config.admin.allow, config.admin.allow_any_authenticated)
                 .map_err(|errors| anyhow::anyhow!("admin.allow: {errors:?}"))?;
             let server = tls::inbound_server_config(
                 &store,

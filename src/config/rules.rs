@@ -1,0 +1,115 @@
+//! From the config file's allow rules to the policy engine's input.
+//!
+//! `identity::policy` is the lower layer and knows nothing of the TOML
+//! schema; this is the one place a config `AllowRule` becomes an
+//! `identity::policy::RuleSpec`, so validation, start-up and reload compile
+//! exactly the same rules.
+
+use super::schema::AllowRule;
+use crate::identity::policy::{Policy, Rule, RuleError, RuleSpec};
+
+impl From<&AllowRule> for RuleSpec {
+    fn from(rule: &AllowRule) -> RuleSpec {
+        // Destructured without `..` so that a field added to the schema and
+        // not here is a compile error, not a silently ignored rule field.
+        let AllowRule {
+            spiffe_id,
+            dns,
+            uri,
+            ip,
+            email,
+            cn,
+            o,
+            ou,
+            issuer,
+            serial,
+            extensions,
+        } = rule;
+        RuleSpec {
+            spiffe_id: spiffe_id.clone(),
+            dns: dns.clone(),
+            uri: uri.clone(),
+            ip: ip.clone(),
+            email: email.clone(),
+            cn: cn.clone(),
+            o: o.clone(),
+            ou: ou.clone(),
+            issuer: issuer.clone(),
+            serial: serial.clone(),
+            extensions: extensions.clone(),
+        }
+    }
+}
+
+/// Compile a listener's `allow` list (inbound, or the mTLS admin endpoint).
+/// On error, the rule index and field of every bad value.
+pub fn compile_policy(
+    allow: &[AllowRule],
+    allow_any_authenticated: bool,
+) -> Result<Policy, Vec<(usize, RuleError)>> {
+    let specs: Vec<RuleSpec> = allow.iter().map(RuleSpec::from).collect();
+    Policy::compile(&specs, allow_any_authenticated)
+}
+
+/// Compile an outbound `expect` rule.
+pub fn compile_rule(rule: &AllowRule) -> Result<Rule, Vec<RuleError>> {
+    Rule::compile(&RuleSpec::from(rule))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_is_carried_over() {
+        let mut rule = AllowRule {
+            spiffe_id: Some("spiffe://example.org/a".into()),
+            dns: Some("a.example.org".into()),
+            uri: Some("https://a".into()),
+            ip: Some("10.0.0.0/8".into()),
+            email: Some("a@example.org".into()),
+            cn: Some("a".into()),
+            o: Some("O".into()),
+            ou: Some("OU".into()),
+            issuer: Some("CN=I".into()),
+            serial: Some("01".into()),
+            ..AllowRule::default()
+        };
+        rule.extensions.insert("1.2.3".into(), "x".into());
+        let spec = RuleSpec::from(&rule);
+        assert_eq!(
+            spec,
+            RuleSpec {
+                spiffe_id: rule.spiffe_id.clone(),
+                dns: rule.dns.clone(),
+                uri: rule.uri.clone(),
+                ip: rule.ip.clone(),
+                email: rule.email.clone(),
+                cn: rule.cn.clone(),
+                o: rule.o.clone(),
+                ou: rule.ou.clone(),
+                issuer: rule.issuer.clone(),
+                serial: rule.serial.clone(),
+                extensions: rule.extensions.clone(),
+            }
+        );
+    }
+
+    #[test]
+    fn errors_keep_the_rule_index() {
+        let good = AllowRule {
+            dns: Some("a.example.org".into()),
+            ..AllowRule::default()
+        };
+        let bad = AllowRule {
+            ip: Some("not-an-ip".into()),
+            ..AllowRule::default()
+        };
+        let errors = compile_policy(&[good.clone(), bad.clone()], false).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].0, 1);
+        assert_eq!(errors[0].1.field, "ip");
+        assert!(compile_rule(&good).is_ok());
+        assert!(compile_rule(&bad).is_err());
+    }
+}
