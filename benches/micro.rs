@@ -25,7 +25,7 @@ use time::{Duration as TimeDuration, OffsetDateTime};
 use portcullis::certs::Credentials;
 use portcullis::config::TlsVersion;
 use portcullis::identity::glob::Glob;
-use portcullis::identity::{PeerIdentity, Policy, RuleSpec};
+use portcullis::identity::{Authorizer, PeerIdentity, Policy, RuleSpec};
 use portcullis::tls::{default_provider, inbound_server_config, IdentityStore, TlsMaterial};
 
 const CLIENT_ID: &str = "spiffe://example.org/ns/web/sa/frontend";
@@ -251,7 +251,12 @@ fn portcullis_server_config(pki: &Pki) -> Arc<ServerConfig> {
     };
     let material = TlsMaterial::build(credentials, &provider).unwrap();
     let store = Arc::new(IdentityStore::new(material, provider));
-    inbound_server_config(&store, Arc::new(policy()), TlsVersion::Tls13).unwrap()
+    inbound_server_config(
+        &store,
+        Arc::new(Authorizer::enforcing(policy())),
+        TlsVersion::Tls13,
+    )
+    .unwrap()
 }
 
 /// rustls alone: same chain check (webpki), no identity extraction, no policy.

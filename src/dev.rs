@@ -20,8 +20,8 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{
-    AdminConfig, AllowRule, Config, FilesIdentity, IdentityConfig, InboundConfig, OutboundConfig,
-    ShutdownConfig, TlsVersion,
+    AdminConfig, AllowRule, AuthzMode, Config, FilesIdentity, IdentityConfig, InboundConfig,
+    OutboundConfig, ShutdownConfig, TlsVersion,
 };
 use crate::tls::linger::LingerLimits;
 
@@ -167,6 +167,8 @@ fn dev_config(options: &DevOptions, files: &DevFiles, backend: &str) -> Config {
                 ..AllowRule::default()
             }],
             allow_any_authenticated: false,
+            authz_mode: AuthzMode::Enforce,
+            shadow_allow: vec![],
             reauthorize_on_reload: false,
             tls_min_version: TlsVersion::Tls13,
             proxy_protocol: None,

@@ -106,7 +106,12 @@ const BOUNDED: &[(&str, &str, &[&str])] = &[
     (
         "portcullis_authz_decisions_total",
         "decision",
-        &["allow", "deny"],
+        &["allow", "deny", "would_deny"],
+    ),
+    (
+        "portcullis_authz_decisions_total",
+        "policy",
+        &["enforced", "shadow"],
     ),
     (
         "portcullis_cert_expiration_timestamp_seconds",

@@ -23,8 +23,11 @@ pub struct Metrics {
     pub handshakes: IntCounterVec,
     /// `portcullis_tls_handshake_duration_seconds{listener,direction}`.
     pub handshake_duration: HistogramVec,
-    /// `portcullis_authz_decisions_total{listener,decision}`.
+    /// `portcullis_authz_decisions_total{listener,policy,decision}`: policy
+    /// is `enforced` or `shadow`; decision `allow`, `deny` or `would_deny`.
     pub authz_decisions: IntCounterVec,
+    /// `portcullis_authz_shadow_disagreements_total{listener,enforced,shadow}`.
+    pub authz_shadow_disagreements: IntCounterVec,
     /// `portcullis_connections_open{listener,direction}`.
     pub connections_open: IntGaugeVec,
     /// `portcullis_connections_total{listener,direction}`: accepted connections.
@@ -114,9 +117,16 @@ impl Metrics {
         let authz_decisions = IntCounterVec::new(
             Opts::new(
                 "portcullis_authz_decisions_total",
-                "Authorization decisions on peer identities.",
+                "Authorization decisions on peer identities, by policy (enforced or shadow) and decision (allow, deny, or would_deny in audit mode).",
             ),
-            &["listener", "decision"],
+            &["listener", "policy", "decision"],
+        )?;
+        let authz_shadow_disagreements = IntCounterVec::new(
+            Opts::new(
+                "portcullis_authz_shadow_disagreements_total",
+                "Handshakes on which a listener's shadow rules decided otherwise than its enforced rules.",
+            ),
+            &["listener", "enforced", "shadow"],
         )?;
         let connections_open = IntGaugeVec::new(
             Opts::new("portcullis_connections_open", "Connections open now."),
@@ -191,6 +201,7 @@ impl Metrics {
         registry.register(Box::new(handshakes.clone()))?;
         registry.register(Box::new(handshake_duration.clone()))?;
         registry.register(Box::new(authz_decisions.clone()))?;
+        registry.register(Box::new(authz_shadow_disagreements.clone()))?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connections_total.clone()))?;
         registry.register(Box::new(connection_errors.clone()))?;
@@ -268,6 +279,7 @@ impl Metrics {
             handshakes,
             handshake_duration,
             authz_decisions,
+            authz_shadow_disagreements,
             connections_open,
             connections_total,
             connection_errors,

@@ -5,8 +5,9 @@
 //! `identity::policy::RuleSpec`, so validation, start-up and reload compile
 //! exactly the same rules.
 
-use super::schema::AllowRule;
+use super::schema::{AllowRule, AuthzMode, InboundConfig};
 use crate::identity::policy::{Policy, Rule, RuleError, RuleSpec};
+use crate::identity::{Authorizer, Mode};
 
 impl From<&AllowRule> for RuleSpec {
     fn from(rule: &AllowRule) -> RuleSpec {
@@ -49,6 +50,47 @@ pub fn compile_policy(
 ) -> Result<Policy, Vec<(usize, RuleError)>> {
     let specs: Vec<RuleSpec> = allow.iter().map(RuleSpec::from).collect();
     Policy::compile(&specs, allow_any_authenticated)
+}
+
+/// Compile an inbound listener's authorization: its `allow` rules in its
+/// `authz_mode`, and its `shadow_allow` rules if it has any. On error, the
+/// key of every bad value (`allow[1].ip`, `shadow_allow[0]`).
+pub fn compile_authorizer(inbound: &InboundConfig) -> Result<Authorizer, Vec<(String, String)>> {
+    let keyed = |list: &str, errors: Vec<(usize, RuleError)>| -> Vec<(String, String)> {
+        errors
+            .into_iter()
+            .map(|(rule, e)| {
+                let key = if e.field == "(rule)" {
+                    format!("{list}[{rule}]")
+                } else {
+                    format!("{list}[{rule}].{}", e.field)
+                };
+                (key, e.reason)
+            })
+            .collect()
+    };
+    let enforced = compile_policy(&inbound.allow, inbound.allow_any_authenticated)
+        .map_err(|e| keyed("allow", e));
+    let shadow = if inbound.shadow_allow.is_empty() {
+        Ok(None)
+    } else {
+        compile_policy(&inbound.shadow_allow, false)
+            .map(Some)
+            .map_err(|e| keyed("shadow_allow", e))
+    };
+    let mode = match inbound.authz_mode {
+        AuthzMode::Enforce => Mode::Enforce,
+        AuthzMode::Audit => Mode::Audit,
+    };
+    match (enforced, shadow) {
+        (Ok(enforced), Ok(shadow)) => Ok(Authorizer::new(enforced, mode, shadow)),
+        (enforced, shadow) => Err(enforced
+            .err()
+            .into_iter()
+            .chain(shadow.err())
+            .flatten()
+            .collect()),
+    }
 }
 
 /// Compile an outbound `expect` rule.

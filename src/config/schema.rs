@@ -167,6 +167,17 @@ pub enum TlsVersion {
     Tls13,
 }
 
+/// `authz_mode`: whether a listener's allow rules refuse or only report.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthzMode {
+    /// A peer the rules deny is refused (default).
+    #[default]
+    Enforce,
+    /// A peer the rules deny is admitted and reported as `would_deny`.
+    Audit,
+}
+
 /// The PROXY protocol header sent to the backend.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 pub enum ProxyProtocol {
@@ -191,6 +202,14 @@ pub struct InboundConfig {
     /// Admit every peer whose chain verifies; must be written explicitly.
     #[serde(default)]
     pub allow_any_authenticated: bool,
+    /// `enforce` (default): a peer the allow rules deny is refused.
+    /// `audit`: it is admitted, and logged and counted as `would_deny`.
+    #[serde(default)]
+    pub authz_mode: AuthzMode,
+    /// Shadow allow rules: evaluated beside `allow` on every handshake and
+    /// reported, never changing the outcome.
+    #[serde(default)]
+    pub shadow_allow: Vec<AllowRule>,
     /// On a reload that changes this listener's policy, close live
     /// connections whose peer the new policy no longer allows.
     #[serde(default)]

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 
-use super::rules::{compile_policy, compile_rule};
-use super::schema::{AllowRule, Config, IdentityConfig};
+use super::rules::{compile_authorizer, compile_policy, compile_rule};
+use super::schema::{AllowRule, AuthzMode, Config, IdentityConfig};
 use super::ConfigError;
 
 /// Longest listener name; names are metric label values.
@@ -147,18 +147,16 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
             inbound.lingering_time,
             inbound.lingering_bytes,
         );
-        if let Err(rule_errors) = compile_policy(&inbound.allow, inbound.allow_any_authenticated) {
-            for (rule, e) in rule_errors {
-                let key = if e.field == "(rule)" {
-                    format!("{at}.allow[{rule}]")
-                } else {
-                    format!("{at}.allow[{rule}].{}", e.field)
-                };
-                errors.push(key, e.reason);
+        if let Err(rule_errors) = compile_authorizer(inbound) {
+            for (key, reason) in rule_errors {
+                errors.push(format!("{at}.{key}"), reason);
             }
         }
+        let audit = inbound.authz_mode == AuthzMode::Audit;
         match (inbound.allow.is_empty(), inbound.allow_any_authenticated) {
-            (true, false) => errors.push(
+            // In audit mode no rules is a way to start: every peer is
+            // admitted and reported as would_deny (docs/authz-rollout.md).
+            (true, false) if !audit => errors.push(
                 format!("{at}.allow"),
                 "no allow rules: this listener would deny every peer; add an \
                  [[inbound.allow]] rule, or allow_any_authenticated = true",

@@ -158,6 +158,16 @@ impl Policy {
         &self.extension_oids
     }
 
+    /// The compiled rules, in order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// True when every peer whose chain verifies is admitted.
+    pub fn allows_any_authenticated(&self) -> bool {
+        self.allow_any_authenticated
+    }
+
     /// True when no peer can ever be admitted (no rules, no allow-any).
     pub fn denies_everyone(&self) -> bool {
         self.rules.is_empty() && !self.allow_any_authenticated

@@ -13,10 +13,10 @@ use tokio_rustls::TlsAcceptor;
 use super::pipe::pipe;
 use super::pooled::Pooled;
 use super::proxy_protocol::{encode_v2, TlsPeerInfo};
-use super::{ConnectionContext, Direction};
+use super::{verdicts, ConnectionContext, Direction};
 use crate::admin::metrics::reason;
 use crate::config::{InboundConfig, ProxyProtocol};
-use crate::identity::{Decision, Policy};
+use crate::identity::Authorizer;
 use crate::tls::linger::LingerLimits;
 use crate::tls::{handshake_failure_reason, record_handshake, sent_fatal_alert, HandshakeRecord};
 
@@ -40,8 +40,9 @@ pub struct InboundSettings {
     pub idle_timeout: Duration,
     /// PROXY header to send, if any.
     pub proxy_protocol: Option<ProxyProtocol>,
-    /// The policy built into `acceptor`, kept to re-check live connections.
-    pub policy: Arc<Policy>,
+    /// The authorization built into `acceptor`, kept to re-check live
+    /// connections.
+    pub authz: Arc<Authorizer>,
     /// Re-check live connections when a reload changes the policy.
     pub reauthorize_on_reload: bool,
     /// How long a refused peer may take to read our alert.
@@ -49,11 +50,11 @@ pub struct InboundSettings {
 }
 
 impl InboundSettings {
-    /// Settings from a validated config, its compiled policy and a TLS
-    /// acceptor built with that policy.
-    pub fn new(config: &InboundConfig, policy: Arc<Policy>, acceptor: TlsAcceptor) -> Self {
+    /// Settings from a validated config, its compiled authorization and a
+    /// TLS acceptor built with it.
+    pub fn new(config: &InboundConfig, authz: Arc<Authorizer>, acceptor: TlsAcceptor) -> Self {
         InboundSettings {
-            policy,
+            authz,
             reauthorize_on_reload: config.reauthorize_on_reload,
             name: config.name.as_str().into(),
             listen: config.listen,
@@ -102,7 +103,7 @@ pub async fn handle(
         .handshake_duration
         .with_label_values(&[name, direction])
         .observe(started.elapsed().as_secs_f64());
-    count_decision(&ctx, name, &record);
+    verdicts::report(&ctx, name, &record);
     ctx.count_chain_cache(name, Direction::Inbound, &record);
     let tls = match handshake {
         // Boxed: held across every later await, it would otherwise be
@@ -137,10 +138,15 @@ pub async fn handle(
     if let Some(identity) = &identity {
         metrics.observe_peer_expiry(name, identity.not_after);
     }
+    let decision = record.verdict.as_ref().map_or("allow", |v| v.label());
     let peer_name = identity
         .as_ref()
         .map(|i| i.display_name())
         .unwrap_or_default();
+    if let Some(reason) = record.verdict.as_ref().and_then(|v| v.deny_reason()) {
+        // Audit mode: the rules deny this peer, and it is let through.
+        tracing::warn!(listener = name, %peer, peer_identity = %peer_name, decision, %reason, "peer would be denied (authz_mode = \"audit\"); admitted");
+    }
 
     let backend = match Box::pin(timeout(
         settings.connect_timeout,
@@ -231,26 +237,13 @@ pub async fn handle(
         listener = name,
         %peer,
         peer_identity = %peer_name,
-        decision = "allow",
+        decision,
         bytes_up = outcome.upstream_bytes,
         bytes_down = outcome.downstream_bytes,
         duration_ms = started.elapsed().as_millis() as u64,
         close = %outcome.reason,
         "connection closed"
     );
-}
-
-/// Count the authorization decision the verifier made, if it made one.
-pub(crate) fn count_decision(ctx: &ConnectionContext, name: &str, record: &HandshakeRecord) {
-    let decision = match &record.decision {
-        Some(Decision::Allow { .. }) => "allow",
-        Some(Decision::Deny { .. }) => "deny",
-        None => return,
-    };
-    ctx.metrics
-        .authz_decisions
-        .with_label_values(&[name, decision])
-        .inc();
 }
 
 fn handshake_failed(
@@ -275,11 +268,11 @@ fn handshake_failed(
         .as_ref()
         .map(|i| i.display_name())
         .unwrap_or_default();
-    match &record.decision {
-        Some(Decision::Deny { reason }) => {
+    match record.verdict.as_ref().and_then(|v| v.deny_reason()) {
+        Some(reason) => {
             tracing::warn!(listener = name, %peer, peer_identity = %identity, decision = "deny", %reason, "peer denied");
         }
-        _ => {
+        None => {
             let detail = record.chain_error.as_deref().unwrap_or(error);
             tracing::warn!(listener = name, %peer, result, reason = %detail, "TLS handshake failed");
         }

@@ -7,6 +7,7 @@ pub mod outbound;
 pub mod pipe;
 pub mod pooled;
 pub mod proxy_protocol;
+pub mod verdicts;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Metrics;
-use crate::identity::{PeerIdentity, Policy};
+use crate::identity::{Authorizer, PeerIdentity};
 use crate::tls::linger::{close_after_alert, LingerGate, LingerLimits};
 use crate::tls::HandshakeRecord;
 
@@ -50,6 +51,8 @@ pub struct ConnectionContext {
     pub live: Arc<LiveConnections>,
     /// The listener's lingering closes, ended when the listener is full.
     pub linger: Arc<LingerGate>,
+    /// When each peer's shadow disagreement was last logged.
+    pub disagreements: Arc<verdicts::DisagreementLog>,
 }
 
 impl ConnectionContext {
@@ -131,14 +134,14 @@ impl LiveConnections {
         }
     }
 
-    /// Close every live connection whose peer `policy` denies; returns the
-    /// identities closed.
-    pub fn close_denied(&self, policy: &Policy) -> Vec<String> {
+    /// Close every live connection whose peer `authz` no longer admits
+    /// (in audit mode it admits everyone); returns the identities closed.
+    pub fn close_denied(&self, authz: &Authorizer) -> Vec<String> {
         let Ok(map) = self.connections.lock() else {
             return Vec::new();
         };
         map.values()
-            .filter(|(identity, _)| !policy.evaluate(identity).is_allowed())
+            .filter(|(identity, _)| !authz.authorize(identity).admitted())
             .map(|(identity, close)| {
                 close.cancel();
                 identity.display_name()

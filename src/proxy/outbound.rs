@@ -11,13 +11,11 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsConnector;
 
-use super::inbound::count_decision;
 use super::pipe::pipe;
 use super::pooled::Pooled;
-use super::{ConnectionContext, Direction};
+use super::{verdicts, ConnectionContext, Direction};
 use crate::admin::metrics::reason;
 use crate::config::{split_host_port, OutboundConfig};
-use crate::identity::Decision;
 use crate::tls::linger::LingerLimits;
 use crate::tls::{handshake_failure_reason, record_handshake, sent_fatal_alert};
 
@@ -119,7 +117,7 @@ pub async fn handle(
         .handshake_duration
         .with_label_values(&[name, direction])
         .observe(handshake_started.elapsed().as_secs_f64());
-    count_decision(&ctx, name, &record);
+    verdicts::report(&ctx, name, &record);
     ctx.count_chain_cache(name, Direction::Outbound, &record);
     let identity = record
         .identity
@@ -132,8 +130,9 @@ pub async fn handle(
         Ok(Ok(tls)) => Box::new(tls),
         Ok(Err((error, socket))) => {
             let result = handshake_failure_reason(&error);
-            let detail = match (&record.decision, &record.chain_error) {
-                (Some(Decision::Deny { reason }), _) => reason.clone(),
+            let denied = record.verdict.as_ref().and_then(|v| v.deny_reason());
+            let detail = match (denied, &record.chain_error) {
+                (Some(reason), _) => reason.to_string(),
                 (_, Some(chain)) => chain.clone(),
                 _ => error.to_string(),
             };

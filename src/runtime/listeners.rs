@@ -79,6 +79,7 @@ impl<S: Send + Sync + 'static> Running<S> {
             force_close: force_close.clone(),
             live: live.clone(),
             linger: linger.clone(),
+            disagreements: Arc::default(),
         };
         let accept = AcceptLoop {
             name,

@@ -26,9 +26,10 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{AdminState, Metrics};
 use crate::certs;
 use crate::config::{
-    compile_policy, compile_rule, Config, ConfigError, ConfigErrors, IdentityConfig, InboundConfig,
-    OutboundConfig,
+    compile_authorizer, compile_policy, compile_rule, Config, ConfigError, ConfigErrors,
+    IdentityConfig, InboundConfig, OutboundConfig,
 };
+use crate::identity::Authorizer;
 use crate::proxy::inbound::{self, InboundSettings};
 use crate::proxy::outbound::{self, OutboundSettings};
 use crate::proxy::Direction;
@@ -110,18 +111,16 @@ fn build_inbound(
     cfg: &InboundConfig,
     store: &Arc<IdentityStore>,
 ) -> Result<InboundSettings, String> {
-    let policy = Arc::new(
-        compile_policy(&cfg.allow, cfg.allow_any_authenticated).map_err(|errors| {
-            errors
-                .iter()
-                .map(|(rule, e)| format!("allow[{rule}].{e}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?,
-    );
-    let server = tls::inbound_server_config(store, policy.clone(), cfg.tls_min_version)
+    let authz = Arc::new(compile_authorizer(cfg).map_err(|errors| {
+        errors
+            .iter()
+            .map(|(key, reason)| format!("{key}: {reason}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?);
+    let server = tls::inbound_server_config(store, authz.clone(), cfg.tls_min_version)
         .map_err(|e| e.to_string())?;
-    Ok(InboundSettings::new(cfg, policy, TlsAcceptor::from(server)))
+    Ok(InboundSettings::new(cfg, authz, TlsAcceptor::from(server)))
 }
 
 fn build_outbound(
@@ -262,7 +261,7 @@ pub async fn serve(
                 .map_err(|errors| anyhow::anyhow!("admin.allow: {errors:?}"))?;
             let server = tls::inbound_server_config(
                 &store,
-                Arc::new(policy),
+                Arc::new(Authorizer::enforcing(policy)),
                 crate::config::TlsVersion::Tls13,
             )?;
             Some(TlsAcceptor::from(server))

@@ -184,12 +184,14 @@ impl Runtime {
                 continue;
             }
             let policy_changed = old.is_none_or(|o| {
-                o.allow != cfg.allow || o.allow_any_authenticated != cfg.allow_any_authenticated
+                o.allow != cfg.allow
+                    || o.allow_any_authenticated != cfg.allow_any_authenticated
+                    || o.authz_mode != cfg.authz_mode
             });
             running.update(settings.clone(), cfg.max_connections);
             changes.push(format!("changed inbound {}", cfg.name));
             if policy_changed && cfg.reauthorize_on_reload {
-                let closed = running.live.close_denied(&settings.policy);
+                let closed = running.live.close_denied(&settings.authz);
                 self.shared
                     .metrics
                     .reauthorization_closed

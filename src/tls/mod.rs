@@ -15,10 +15,13 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig, SignatureScheme, SupportedProtocolVersion};
 
 use crate::config::TlsVersion;
-use crate::identity::policy::{Policy, Rule};
+use crate::identity::policy::Rule;
+use crate::identity::Authorizer;
 
 pub use store::{default_provider, IdentityStore, TlsMaterial};
-pub use verify::{record_handshake, HandshakeRecord, InboundVerifier, OutboundVerifier};
+pub use verify::{
+    record_handshake, ChainRefusal, HandshakeRecord, InboundVerifier, OutboundVerifier,
+};
 
 /// Presents whatever certificate the identity store holds at handshake time.
 #[derive(Debug)]
@@ -62,13 +65,13 @@ fn versions(min: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {
 }
 
 /// The server config of an inbound listener: client certificate required,
-/// verified and authorized by `policy` inside the handshake.
+/// verified and authorized by `authz` inside the handshake.
 pub fn inbound_server_config(
     store: &Arc<IdentityStore>,
-    policy: Arc<Policy>,
+    authz: Arc<Authorizer>,
     min_version: TlsVersion,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let verifier = Arc::new(InboundVerifier::new(store.clone(), policy));
+    let verifier = Arc::new(InboundVerifier::new(store.clone(), authz));
     let mut config = ServerConfig::builder_with_provider(store.provider().clone())
         .with_protocol_versions(versions(min_version))?
         .with_client_cert_verifier(verifier)

@@ -25,16 +25,17 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::chain_cache::{CacheUse, ChainCache, ChainKey};
 use super::store::{IdentityStore, TlsMaterial};
-use crate::identity::policy::{Decision, Policy, Rule};
-use crate::identity::PeerIdentity;
+use crate::identity::policy::{Decision, Rule};
+use crate::identity::{Authorizer, Mode, PeerIdentity, Verdict};
 
 /// What the verifier found out during one handshake.
 #[derive(Debug, Clone, Default)]
 pub struct HandshakeRecord {
     /// The peer identity, when the chain verified and the leaf parsed.
     pub identity: Option<Arc<PeerIdentity>>,
-    /// The policy decision, when one was made.
-    pub decision: Option<Decision>,
+    /// The authorization verdict, when one was made (outbound: the
+    /// upstream against `expect`, always enforced, no shadow rules).
+    pub verdict: Option<Verdict>,
     /// Why the peer's chain was rejected, when it was.
     pub chain_error: Option<String>,
     /// What the handshake did with the verified-chain cache, when it got
@@ -66,18 +67,62 @@ fn record(update: impl FnOnce(&mut HandshakeRecord)) {
 #[derive(Debug)]
 pub struct InboundVerifier {
     store: Arc<IdentityStore>,
-    policy: Arc<Policy>,
+    authz: Arc<Authorizer>,
     verified: ChainCache,
 }
 
+/// Why a peer's chain was refused: the error rustls turns into the alert,
+/// and a sentence for the log.
+#[derive(Debug, Clone)]
+pub struct ChainRefusal {
+    /// What rustls is told (and so which alert the peer gets).
+    pub error: TlsError,
+    /// Why, for people.
+    pub detail: String,
+}
+
 impl InboundVerifier {
-    /// A verifier for a listener with `policy`, trusting what `store` holds.
-    pub fn new(store: Arc<IdentityStore>, policy: Arc<Policy>) -> Self {
+    /// A verifier for a listener authorized by `authz`, trusting what
+    /// `store` holds.
+    pub fn new(store: Arc<IdentityStore>, authz: Arc<Authorizer>) -> Self {
         InboundVerifier {
             store,
-            policy,
+            authz,
             verified: ChainCache::default(),
         }
+    }
+
+    /// Everything the handshake decides about a client's certificate list
+    /// at `now`: the chain against the current trust bundle and CRLs, the
+    /// identity read from the leaf, and the listener's verdict. The
+    /// handshake and `portcullis authz explain` both call this.
+    pub fn judge(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(Arc<PeerIdentity>, Verdict), ChainRefusal> {
+        let material = self.store.current();
+        let identity = verified_identity(
+            &self.verified,
+            material.trust_generation,
+            end_entity,
+            intermediates,
+            now,
+            self.authz.extension_oids(),
+            || {
+                verify_chain(
+                    &self.store,
+                    &material,
+                    end_entity,
+                    intermediates,
+                    now,
+                    webpki::KeyUsage::client_auth(),
+                )
+            },
+        )?;
+        let verdict = self.authz.authorize(&identity);
+        Ok((identity, verdict))
     }
 }
 
@@ -94,32 +139,18 @@ impl ClientCertVerifier for InboundVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
-        let material = self.store.current();
-        let identity = verified_identity(
-            &self.verified,
-            material.trust_generation,
-            end_entity,
-            intermediates,
-            now,
-            self.policy.extension_oids(),
-            || {
-                verify_chain(
-                    &self.store,
-                    &material,
-                    end_entity,
-                    intermediates,
-                    now,
-                    webpki::KeyUsage::client_auth(),
-                )
-            },
-        )?;
-        let decision = self.policy.evaluate(&identity);
-        let allowed = decision.is_allowed();
+        let (identity, verdict) =
+            self.judge(end_entity, intermediates, now)
+                .map_err(|refusal| {
+                    record(|r| r.chain_error = Some(refusal.detail));
+                    refusal.error
+                })?;
+        let admitted = verdict.admitted();
         record(|r| {
             r.identity = Some(identity);
-            r.decision = Some(decision);
+            r.verdict = Some(verdict);
         });
-        if allowed {
+        if admitted {
             Ok(ClientCertVerified::assertion())
         } else {
             Err(TlsError::InvalidCertificate(
@@ -203,7 +234,11 @@ impl ServerCertVerifier for OutboundVerifier {
                     webpki::KeyUsage::server_auth(),
                 )
             },
-        )?;
+        )
+        .map_err(|refusal| {
+            record(|r| r.chain_error = Some(refusal.detail));
+            refusal.error
+        })?;
         let outcome = self.expect.check(&identity);
         let decision = match &outcome {
             Ok(()) => Decision::Allow { rule: Some(0) },
@@ -213,7 +248,11 @@ impl ServerCertVerifier for OutboundVerifier {
         };
         record(|r| {
             r.identity = Some(identity);
-            r.decision = Some(decision);
+            r.verdict = Some(Verdict {
+                enforced: decision,
+                mode: Mode::Enforce,
+                shadow: None,
+            });
         });
         match outcome {
             Ok(()) => Ok(ServerCertVerified::assertion()),
@@ -264,10 +303,12 @@ fn verified_identity(
     now: UnixTime,
     extension_oids: &[String],
     verify_chain: impl FnOnce() -> Result<Vec<CertificateDer<'static>>, TlsError>,
-) -> Result<Arc<PeerIdentity>, TlsError> {
-    if let Err(e) = check_presented(intermediates) {
-        record(|r| r.chain_error = Some(e));
-        return Err(TlsError::InvalidCertificate(CertificateError::BadEncoding));
+) -> Result<Arc<PeerIdentity>, ChainRefusal> {
+    if let Err(detail) = check_presented(intermediates) {
+        return Err(ChainRefusal {
+            error: TlsError::InvalidCertificate(CertificateError::BadEncoding),
+            detail,
+        });
     }
     let key = ChainKey::of_leaf(end_entity);
     if let Some(identity) = cache.get(&key, trust_generation, now, intermediates) {
@@ -280,13 +321,15 @@ fn verified_identity(
         return Ok(identity);
     }
     record(|r| r.chain_cache = Some(CacheUse::default()));
-    let path = verify_chain().inspect_err(|e| {
-        record(|r| r.chain_error = Some(e.to_string()));
+    let path = verify_chain().map_err(|error| ChainRefusal {
+        detail: error.to_string(),
+        error,
     })?;
-    let identity = PeerIdentity::from_der(end_entity, extension_oids).map_err(|e| {
-        record(|r| r.chain_error = Some(e.to_string()));
-        TlsError::InvalidCertificate(CertificateError::BadEncoding)
-    })?;
+    let identity =
+        PeerIdentity::from_der(end_entity, extension_oids).map_err(|e| ChainRefusal {
+            error: TlsError::InvalidCertificate(CertificateError::BadEncoding),
+            detail: e.to_string(),
+        })?;
     let identity = Arc::new(identity);
     let used = cache.insert(key, trust_generation, end_entity, path, identity.clone());
     record(|r| r.chain_cache = Some(used));
