@@ -72,11 +72,41 @@ pub enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Try authorization before enforcing it: explain a verdict, suggest rules.
+    Authz {
+        /// What to do.
+        #[command(subcommand)]
+        command: AuthzCommand,
+    },
     /// Certificate tools.
     Cert {
         /// What to do with certificates.
         #[command(subcommand)]
         command: CertCommand,
+    },
+}
+
+/// `portcullis authz ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuthzCommand {
+    /// Verify a certificate chain as a listener would and show its verdict,
+    /// rule by rule. Exit 0 when the rules allow it, 1 when they do not (or
+    /// the chain is refused), 2 on an error.
+    Explain {
+        /// The proxy's configuration file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The inbound listener; may be omitted when the config has one.
+        #[arg(long)]
+        listener: Option<String>,
+        /// Verify at this time (RFC 3339, e.g. 2026-12-24T12:00:00Z) instead of now.
+        #[arg(long)]
+        at: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// PEM file with the peer's certificate chain, leaf first.
+        cert: PathBuf,
     },
 }
 

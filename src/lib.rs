@@ -7,6 +7,7 @@
 //! into this library.
 
 pub mod admin;
+pub mod authz;
 pub mod ca;
 pub mod certs;
 pub mod cli;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use portcullis::cli::{CertCommand, Cli, Command};
+use portcullis::cli::{AuthzCommand, CertCommand, Cli, Command};
 use portcullis::runtime;
 
 fn main() -> ExitCode {
@@ -52,6 +52,40 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Authz {
+            command:
+                AuthzCommand::Explain {
+                    config,
+                    listener,
+                    at,
+                    json,
+                    cert,
+                },
+        } => {
+            let request = portcullis::authz::explain::ExplainRequest {
+                config,
+                listener,
+                at,
+                cert,
+            };
+            match portcullis::authz::explain::explain(&request) {
+                Ok(explanation) => {
+                    if json {
+                        println!("{}", explanation.to_json());
+                    } else {
+                        print!("{}", explanation.to_text());
+                    }
+                    ExitCode::from(if explanation.allowed() { 0 } else { 1 })
+                }
+                Err(e) => {
+                    eprint!("error: {e}");
+                    if !e.to_string().ends_with('\n') {
+                        eprintln!();
+                    }
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Cert {
             command: CertCommand::Inspect { file, json },
         } => match portcullis::inspect::inspect_file(&file) {

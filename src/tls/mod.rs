@@ -115,17 +115,23 @@ pub fn sent_fatal_alert(error: &std::io::Error) -> bool {
 /// refused certificate it names the alert rustls sends for that error, so
 /// the label and what the peer reads always agree.
 pub fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
-    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
-    let Some(tls) = error
+    match error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    else {
-        return match error.kind() {
+    {
+        Some(tls) => tls_failure_reason(tls),
+        None => match error.kind() {
             std::io::ErrorKind::UnexpectedEof => "peer_closed",
             std::io::ErrorKind::InvalidData => "protocol_error",
             _ => "io_error",
-        };
-    };
+        },
+    }
+}
+
+/// The bounded label of a rustls error: what [`handshake_failure_reason`]
+/// says for it.
+pub fn tls_failure_reason(tls: &rustls::Error) -> &'static str {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
     match tls {
         E::InvalidCertificate(cert) => match (cert, A::from(cert.clone())) {
             (C::NotValidYet | C::NotValidYetContext { .. }, _) => "cert_not_yet_valid",
