@@ -35,6 +35,10 @@ pub enum Command {
         /// Configuration file (TOML).
         #[arg(short, long, env = "PORTCULLIS_CONFIG")]
         config: PathBuf,
+        /// Once every listener (admin included) is bound, write their addresses here as JSON
+        /// (written atomically; rewritten when a reload moves a listener; removed at shutdown).
+        #[arg(long, env = "PORTCULLIS_READY_FILE")]
+        ready_file: Option<PathBuf>,
     },
     /// Validate a configuration file and the files it names; exit non-zero with every reason.
     Check {

@@ -120,7 +120,8 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     });
 
     let printed = instructions(&options, &files, &backend);
-    crate::runtime::serve(prepared, None, signals, |_| println!("{printed}")).await
+    let options = crate::runtime::ServeOptions::default();
+    crate::runtime::serve(prepared, options, signals, |_| println!("{printed}")).await
 }
 
 fn dev_config(options: &DevOptions, files: &DevFiles, backend: &str) -> Config {

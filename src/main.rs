@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     runtime::logging::init(cli.log_format, cli.log_level.as_deref());
     match cli.command {
-        Command::Run { config } => block_on(runtime::run(config)),
+        Command::Run { config, ready_file } => block_on(runtime::run(config, ready_file)),
         Command::Dev {
             forward,
             listen,

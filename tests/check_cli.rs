@@ -1004,6 +1004,27 @@ fn wildcard_and_specific_address_on_one_port_are_refused() {
 }
 
 #[test]
+fn port_zero_listeners_are_accepted_and_never_clash() {
+    // Port 0: the kernel picks a free port per listener at bind time.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "port0.toml",
+        &with_identity(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[inbound]]\nname = \"a\"\nlisten = \"0.0.0.0:0\"\nbackend = \"127.0.0.1:8080\"\n\
+             allow_any_authenticated = true\n\
+             [[inbound]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\nbackend = \"127.0.0.1:8080\"\n\
+             allow_any_authenticated = true\n\
+             [[outbound]]\nname = \"pay\"\nlisten = \"127.0.0.1:0\"\nupstream = \"pay.example.org:8443\"\n\
+             expect = { dns = \"pay.example.org\" }\n",
+        ),
+    );
+    let out = check(&path, true);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+}
+
+#[test]
 fn file_content_errors_name_the_file_and_key() {
     let (pki, path) = valid_setup();
     let junk_pem = "-----BEGIN CERTIFICATE-----\nMAMBAQA=\n-----END CERTIFICATE-----\n";

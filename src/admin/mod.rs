@@ -1,6 +1,6 @@
-//! The admin surface: metric definitions and the admin HTTP endpoint
-//! (`/metrics`, `/healthz`, `/readyz`, `/certs`, `POST /reload`), and the
-//! `[[watch]]` certificate expiry exporter.
+//! The admin surface: metric definitions, the admin HTTP endpoint
+//! (`/metrics`, `/healthz`, `/readyz`, `/certs`, `/listeners`,
+//! `POST /reload`), and the `[[watch]]` certificate expiry exporter.
 
 pub mod metrics;
 pub mod server;

@@ -1,12 +1,13 @@
-//! The admin HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+//! The admin HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/certs`,
+//! `/listeners`, and `POST /reload`.
 //!
 //! Plain HTTP/1.1 on a loopback address by default. Only GET is served;
 //! everything else is 404/405 with a one-line reason.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Metrics;
 use crate::runtime::reload::ReloadRequest;
+use crate::runtime::BoundAddresses;
 use crate::tls::IdentityStore;
 
 /// What the admin endpoint reports on.
@@ -30,16 +32,40 @@ pub struct AdminState {
     pub metrics: Metrics,
     /// Our identity, for readiness.
     pub store: Arc<IdentityStore>,
-    /// Set once every listener is bound.
-    pub listeners_bound: AtomicBool,
+    /// Where every listener is bound; None until all are.
+    listeners: ArcSwapOption<BoundAddresses>,
     /// Where `POST /reload` sends its request (None: reload not available).
     pub reload: Option<mpsc::Sender<ReloadRequest>>,
 }
 
 impl AdminState {
+    /// The state before any listener is bound (not ready yet).
+    pub fn new(
+        metrics: Metrics,
+        store: Arc<IdentityStore>,
+        reload: Option<mpsc::Sender<ReloadRequest>>,
+    ) -> AdminState {
+        AdminState {
+            metrics,
+            store,
+            listeners: ArcSwapOption::empty(),
+            reload,
+        }
+    }
+
+    /// Every listener is bound, here; served on `GET /listeners`.
+    pub fn set_listeners(&self, bound: BoundAddresses) {
+        self.listeners.store(Some(Arc::new(bound)));
+    }
+
+    /// Where every listener is bound, once all are.
+    pub fn listeners(&self) -> Option<Arc<BoundAddresses>> {
+        self.listeners.load_full()
+    }
+
     /// Ready when every listener is bound and our certificate is valid now.
     pub fn readiness(&self) -> Result<(), String> {
-        if !self.listeners_bound.load(Ordering::Acquire) {
+        if self.listeners.load().is_none() {
             return Err("listeners are not bound yet".into());
         }
         let material = self.store.current();
@@ -159,14 +185,14 @@ async fn route(
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         },
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/certs" => {
-            let mut response = text(StatusCode::OK, certs_json(state));
-            response.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/json"),
-            );
-            response
-        }
+        "/certs" => json(certs_json(state)),
+        "/listeners" => match state.listeners() {
+            Some(bound) => json(bound.to_json()),
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "listeners are not bound yet\n".into(),
+            ),
+        },
         "/readyz" => match state.readiness() {
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
             Err(reason) => text(
@@ -176,7 +202,7 @@ async fn route(
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics /healthz /readyz /certs, or POST /reload\n".into(),
+            "not found; try /metrics /healthz /readyz /certs /listeners, or POST /reload\n".into(),
         ),
     }
 }
@@ -242,6 +268,16 @@ async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
         ),
         Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into()),
     }
+}
+
+/// 200 with a JSON body.
+fn json(body: String) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::OK, body);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -71,14 +71,19 @@ pub fn explain(request: &ExplainRequest) -> Result<Explanation, AuthzError> {
     let at = parse_at(request.at.as_deref())?;
     let chain = read_chain(&request.cert)?;
     let config = crate::config::load(&request.config).map_err(AuthzError::Config)?;
-    let prepared =
-        crate::runtime::prepare(config, &request.config).map_err(AuthzError::Config)?;
-    let settings = pick_listener(&prepared.inbound, request.listener.as_deref())?;
+    let prepared = crate::runtime::prepare(config, &request.config).map_err(AuthzError::Config)?;
+    let inbound: Vec<Arc<InboundSettings>> = prepared
+        .listeners
+        .inbound
+        .iter()
+        .map(|listener| listener.settings.clone())
+        .collect();
+    let settings = pick_listener(&inbound, request.listener.as_deref())?;
     let authz = settings.authz.clone();
     let verifier = InboundVerifier::new(prepared.store.clone(), authz.clone());
-    let (leaf, intermediates) = chain.split_first().ok_or_else(|| {
-        AuthzError::Input(format!("{}: no certificate", request.cert.display()))
-    })?;
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| AuthzError::Input(format!("{}: no certificate", request.cert.display())))?;
     let judged = verifier.judge(leaf, intermediates, at);
     let (chain_result, identity, verdict) = match judged {
         Ok((identity, verdict)) => (Ok(()), Some((*identity).clone()), Some(verdict)),
@@ -201,8 +206,10 @@ fn list(names: &[&str]) -> String {
 }
 
 fn rfc3339(at: UnixTime) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(at.as_secs()))
-        .to_string()
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(at.as_secs()),
+    )
+    .to_string()
 }
 
 fn identity_json(identity: &PeerIdentity) -> Value {
@@ -278,9 +285,7 @@ impl Explanation {
                 "chain: verified against the trust bundle and CRLs ({} certificate(s) presented)\n",
                 self.presented
             )),
-            Err((alert, detail)) => out.push_str(&format!(
-                "chain: REFUSED ({alert}): {detail}\n"
-            )),
+            Err((alert, detail)) => out.push_str(&format!("chain: REFUSED ({alert}): {detail}\n")),
         }
         if let Some(identity) = &self.identity {
             let heading = if self.chain.is_ok() {
@@ -340,7 +345,8 @@ impl Explanation {
                 _ => "allow (allow_any_authenticated)".to_string(),
             },
             (_, "would_deny") => {
-                "would_deny: the rules deny this peer; in audit mode the proxy admits it".to_string()
+                "would_deny: the rules deny this peer; in audit mode the proxy admits it"
+                    .to_string()
             }
             (_, "deny") => "deny: the proxy refuses this peer with access_denied".to_string(),
             (_, other) => format!("{other}: the proxy refuses this chain before any rule"),

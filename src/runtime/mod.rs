@@ -3,40 +3,41 @@
 //!
 //! `prepare` does everything that can fail on bad input (files, keys, TLS
 //! configs) without touching the network, so `portcullis check`, a start and
-//! a reload fail the same way with the same messages.
+//! a reload fail the same way with the same messages. `serve` is the life of
+//! the process, one named step a line: bind, start listeners, start watchers,
+//! report where everything is, serve until a shutdown signal, drain.
 
+pub mod addresses;
+pub mod kinds;
 pub mod listeners;
 pub mod logging;
 pub mod reload;
 pub mod signals;
+#[cfg(test)]
+mod tests;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminState, Metrics};
 use crate::certs;
 use crate::config::{
-    compile_authorizer, compile_policy, compile_rule, Config, ConfigError, ConfigErrors,
-    IdentityConfig, InboundConfig, OutboundConfig,
+    compile_policy, AdminConfig, Config, ConfigError, ConfigErrors, IdentityConfig,
 };
 use crate::identity::Authorizer;
-use crate::proxy::inbound::{self, InboundSettings};
-use crate::proxy::outbound::{self, OutboundSettings};
-use crate::proxy::Direction;
 use crate::tls::{self, default_provider, IdentityStore, TlsMaterial};
 
-use listeners::{Running, Shared};
+pub use addresses::BoundAddresses;
+use listeners::{Listeners, PlacedListeners, PreparedListeners, Shared};
 use reload::ReloadRequest;
+use signals::{SignalEvent, Signals};
 
 /// Every runtime object built from a config, ready to bind and serve.
 pub struct Prepared {
@@ -44,17 +45,15 @@ pub struct Prepared {
     pub config: Config,
     /// Our identity and trust material.
     pub store: Arc<IdentityStore>,
-    /// Inbound listener settings, in config order.
-    pub inbound: Vec<Arc<InboundSettings>>,
-    /// Outbound listener settings, in config order.
-    pub outbound: Vec<Arc<OutboundSettings>>,
+    /// Every listener's settings, built and not yet bound.
+    pub listeners: PreparedListeners,
 }
 
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prepared")
-            .field("inbound", &self.inbound.len())
-            .field("outbound", &self.outbound.len())
+            .field("inbound", &self.listeners.inbound.len())
+            .field("outbound", &self.listeners.outbound.len())
             .finish_non_exhaustive()
     }
 }
@@ -75,68 +74,21 @@ pub fn prepare(config: Config, path: &Path) -> Result<Prepared, ConfigErrors> {
     let material = load_identity(&config.identity, &provider)
         .map_err(|e| one_error(path, &e.key, e.message))?;
     let store = Arc::new(IdentityStore::new(material, provider));
-    let (inbound, outbound) = build_listeners(&config, &store, path)?;
+    let listeners = build_listeners(&config, &store, path)?;
     Ok(Prepared {
         config,
         store,
-        inbound,
-        outbound,
+        listeners,
     })
 }
 
-type BuiltListeners = (Vec<Arc<InboundSettings>>, Vec<Arc<OutboundSettings>>);
-
-/// Build every listener's settings against `store`.
+/// Build every listener's settings against `store`; errors name the entry.
 fn build_listeners(
     config: &Config,
     store: &Arc<IdentityStore>,
     path: &Path,
-) -> Result<BuiltListeners, ConfigErrors> {
-    let mut inbound = Vec::new();
-    for (index, cfg) in config.inbound.iter().enumerate() {
-        let settings = build_inbound(cfg, store)
-            .map_err(|reason| one_error(path, &format!("inbound[{index}]"), reason))?;
-        inbound.push(Arc::new(settings));
-    }
-    let mut outbound = Vec::new();
-    for (index, cfg) in config.outbound.iter().enumerate() {
-        let settings = build_outbound(cfg, store)
-            .map_err(|reason| one_error(path, &format!("outbound[{index}]"), reason))?;
-        outbound.push(Arc::new(settings));
-    }
-    Ok((inbound, outbound))
-}
-
-fn build_inbound(
-    cfg: &InboundConfig,
-    store: &Arc<IdentityStore>,
-) -> Result<InboundSettings, String> {
-    let authz = Arc::new(compile_authorizer(cfg).map_err(|errors| {
-        errors
-            .iter()
-            .map(|(key, reason)| format!("{key}: {reason}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    })?);
-    let server = tls::inbound_server_config(store, authz.clone(), cfg.tls_min_version)
-        .map_err(|e| e.to_string())?;
-    Ok(InboundSettings::new(cfg, authz, TlsAcceptor::from(server)))
-}
-
-fn build_outbound(
-    cfg: &OutboundConfig,
-    store: &Arc<IdentityStore>,
-) -> Result<OutboundSettings, String> {
-    let expect = compile_rule(&cfg.expect).map_err(|errors| {
-        errors
-            .iter()
-            .map(|e| format!("expect.{e}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    })?;
-    let client = tls::outbound_client_config(store, Arc::new(expect), cfg.tls_min_version)
-        .map_err(|e| e.to_string())?;
-    OutboundSettings::new(cfg, TlsConnector::from(client))
+) -> Result<PreparedListeners, ConfigErrors> {
+    PreparedListeners::build(config, store).map_err(|(key, reason)| one_error(path, &key, reason))
 }
 
 fn load_identity(
@@ -156,236 +108,231 @@ fn load_identity(
     }
 }
 
-/// Where a running proxy's listeners ended up.
+/// What `serve` needs besides the prepared config.
 #[derive(Debug, Clone, Default)]
-pub struct BoundAddresses {
-    /// Admin listener, if enabled.
-    pub admin: Option<SocketAddr>,
-    /// Inbound listeners by name.
-    pub inbound: Vec<(String, SocketAddr)>,
-    /// Outbound listeners by name.
-    pub outbound: Vec<(String, SocketAddr)>,
+pub struct ServeOptions {
+    /// The config file to reload from (None: no reloads).
+    pub config_path: Option<PathBuf>,
+    /// Where to write the bound addresses (JSON) once every listener is
+    /// bound; rewritten when a reload moves a listener, removed at shutdown.
+    pub ready_file: Option<PathBuf>,
 }
 
 /// Run the proxy described by the config at `path` until SIGTERM/SIGINT,
 /// reloading on SIGHUP, on a change of the file, and on `POST /reload`.
-pub async fn run(path: PathBuf) -> anyhow::Result<()> {
+pub async fn run(path: PathBuf, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
     // Signal handlers first: a SIGTERM during start-up must drain, not kill.
-    let signals = signals::Signals::install()?;
+    let signals = Signals::install()?;
     let config = crate::config::load(&path)?;
     let prepared = prepare(config, &path)?;
-    serve(prepared, Some(path), signals, |_| {}).await
-}
-
-/// The live state a reload acts on.
-pub struct Runtime {
-    path: Option<PathBuf>,
-    config: Config,
-    store: Arc<IdentityStore>,
-    shared: Shared,
-    inbound: BTreeMap<String, Running<InboundSettings>>,
-    outbound: BTreeMap<String, Running<OutboundSettings>>,
-    identity_watch: CancellationToken,
-    cert_watch: CancellationToken,
-    cert_watch_tasks: Vec<tokio::task::JoinHandle<()>>,
+    let options = ServeOptions {
+        config_path: Some(path),
+        ready_file,
+    };
+    serve(prepared, options, signals, |_| {}).await
 }
 
 /// Bind and serve `prepared` until a shutdown signal, then drain.
-/// `path` is the config file to reload from (None: no reloads).
 /// `on_bound` is told where the listeners are once all are bound.
 pub async fn serve(
     prepared: Prepared,
-    path: Option<PathBuf>,
-    mut signals: signals::Signals,
+    options: ServeOptions,
+    signals: Signals,
     on_bound: impl FnOnce(&BoundAddresses),
 ) -> anyhow::Result<()> {
     let Prepared {
         config,
         store,
-        inbound,
-        outbound,
+        listeners,
     } = prepared;
-    let metrics = Metrics::new().context("cannot create metrics")?;
-    {
-        let material = store.current();
-        metrics.set_own_certs(&material.certified_key.cert, &material.trust_bundle);
-    }
-    metrics
-        .config_reloads
-        .with_label_values(&["success"])
-        .inc_by(0);
-    metrics
-        .config_reloads
-        .with_label_values(&["failure"])
-        .inc_by(0);
-    metrics.config_last_reload_success.set(unix_now());
-    let shared = Shared {
-        metrics: metrics.clone(),
-        tracker: TaskTracker::new(),
-        stop_all: CancellationToken::new(),
-        force_all: CancellationToken::new(),
-    };
+    let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(16);
+    let mut runtime = Runtime::new(config, store, options, &reload_tx)?;
+    let (admin, placed) = runtime.bind(listeners).await?;
+    runtime.start_listeners(admin, placed)?;
+    runtime.start_watchers(reload_tx).await?;
+    on_bound(&runtime.announce()?);
+    runtime.wait_for_signals(signals, reload_rx).await;
+    runtime.drain().await;
+    Ok(())
+}
 
-    // Bind everything before serving anything: a port in use fails the start
-    // with the listener's name, and nothing half-starts.
-    let mut inbound_sockets = Vec::new();
-    for settings in inbound {
-        inbound_sockets.push((
-            bind(settings.listen, &settings.name, Direction::Inbound).await?,
-            settings,
+/// The live state a reload acts on.
+pub struct Runtime {
+    options: ServeOptions,
+    config: Config,
+    store: Arc<IdentityStore>,
+    shared: Shared,
+    listeners: Listeners,
+    admin: Arc<AdminState>,
+    admin_addr: Option<SocketAddr>,
+    identity_watch: CancellationToken,
+    cert_watch: CancellationToken,
+    cert_watch_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// The state before anything is bound: metrics initialised from our
+    /// identity, no listener running.
+    fn new(
+        config: Config,
+        store: Arc<IdentityStore>,
+        options: ServeOptions,
+        reload: &mpsc::Sender<ReloadRequest>,
+    ) -> anyhow::Result<Runtime> {
+        let metrics = startup_metrics(&store)?;
+        let admin = Arc::new(AdminState::new(
+            metrics.clone(),
+            store.clone(),
+            options.config_path.as_ref().map(|_| reload.clone()),
         ));
-    }
-    let mut outbound_sockets = Vec::new();
-    for settings in outbound {
-        outbound_sockets.push((
-            bind(settings.listen, &settings.name, Direction::Outbound).await?,
-            settings,
-        ));
-    }
-    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(16);
-    let admin_state = Arc::new(AdminState {
-        metrics: metrics.clone(),
-        store: store.clone(),
-        listeners_bound: false.into(),
-        reload: path.as_ref().map(|_| reload_tx.clone()),
-    });
-    let mut bound = BoundAddresses::default();
-    let admin_stop = CancellationToken::new();
-    if config.admin.enabled {
-        let listener = TcpListener::bind(config.admin.listen)
-            .await
-            .with_context(|| format!("admin: cannot listen on {}", config.admin.listen))?;
-        bound.admin = Some(listener.local_addr()?);
-        let tls = if config.admin.mtls {
-            let policy = compile_policy(&config.admin.allow, config.admin.allow_any_authenticated)
-                .map_err(|errors| anyhow::anyhow!("admin.allow: {errors:?}"))?;
-            let server = tls::inbound_server_config(
-                &store,
-                Arc::new(Authorizer::enforcing(policy)),
-                crate::config::TlsVersion::Tls13,
-            )?;
-            Some(TlsAcceptor::from(server))
-        } else {
-            None
-        };
-        tokio::spawn(crate::admin::server::serve(
-            listener,
-            admin_state.clone(),
-            admin_stop.clone(),
-            tls,
-        ));
+        Ok(Runtime {
+            options,
+            config,
+            store,
+            shared: Shared::new(metrics),
+            listeners: Listeners::default(),
+            admin,
+            admin_addr: None,
+            identity_watch: CancellationToken::new(),
+            cert_watch: CancellationToken::new(),
+            cert_watch_tasks: Vec::new(),
+        })
     }
 
-    let mut runtime = Runtime {
-        path: path.clone(),
-        config,
-        store,
-        shared,
-        inbound: BTreeMap::new(),
-        outbound: BTreeMap::new(),
-        identity_watch: CancellationToken::new(),
-        cert_watch: CancellationToken::new(),
-        cert_watch_tasks: Vec::new(),
-    };
-    for (listener, settings) in inbound_sockets {
-        runtime.start_inbound(listener, settings)?;
+    /// Step 1, bind: every socket before serving anything, so a port in use
+    /// fails the start with the listener's name and nothing half-starts.
+    async fn bind(
+        &self,
+        listeners: PreparedListeners,
+    ) -> anyhow::Result<(Option<TcpListener>, PlacedListeners)> {
+        let placed = self.listeners.place(listeners).await?;
+        let admin = bind_admin(&self.config.admin).await?;
+        Ok((admin, placed))
     }
-    for (listener, settings) in outbound_sockets {
-        runtime.start_outbound(listener, settings)?;
-    }
-    runtime.watch_identity()?;
-    runtime.watch_certs().await;
-    if let Some(path) = &path {
-        reload::spawn_config_watcher(
-            path.clone(),
-            reload_tx.clone(),
-            runtime.shared.stop_all.clone(),
-        )
-        .context("cannot watch the config file")?;
-    }
-    bound.inbound = runtime
-        .inbound
-        .iter()
-        .map(|(n, r)| (n.clone(), r.listen))
-        .collect();
-    bound.outbound = runtime
-        .outbound
-        .iter()
-        .map(|(n, r)| (n.clone(), r.listen))
-        .collect();
 
-    admin_state.listeners_bound.store(true, Ordering::Release);
-    tracing::info!(
-        inbound = ?bound.inbound,
-        outbound = ?bound.outbound,
-        admin = ?bound.admin,
-        "portcullis is serving"
-    );
-    on_bound(&bound);
+    /// Step 2, start listeners: the admin endpoint and every proxy listener.
+    fn start_listeners(
+        &mut self,
+        admin: Option<TcpListener>,
+        placed: PlacedListeners,
+    ) -> anyhow::Result<()> {
+        if let Some(socket) = admin {
+            self.admin_addr = Some(socket.local_addr().context("admin: bound address")?);
+            let tls = admin_tls(&self.config.admin, &self.store)?;
+            tokio::spawn(crate::admin::server::serve(
+                socket,
+                self.admin.clone(),
+                self.shared.stop_all.child_token(),
+                tls,
+            ));
+        }
+        let drain = self.config.shutdown.drain_timeout;
+        self.listeners.apply(placed, None, &self.shared, drain);
+        Ok(())
+    }
 
-    loop {
-        tokio::select! {
-            event = signals.next() => {
-                if event == signals::SignalEvent::Shutdown {
-                    break;
-                }
-                if path.is_some() {
-                    // The outcome is logged and counted by reload itself.
-                    let _ = runtime.reload("SIGHUP").await;
-                } else {
-                    tracing::info!("SIGHUP ignored: no config file to reload");
-                }
-            }
-            Some(request) = reload_rx.recv() => {
-                let result = runtime.reload(request.trigger).await;
-                if let Some(reply) = request.reply {
-                    let _ = reply.send(result);
+    /// Step 3, start watchers: our identity (files or CA renewal), the
+    /// `[[watch]]` exporters, and the config file.
+    async fn start_watchers(&mut self, reload: mpsc::Sender<ReloadRequest>) -> anyhow::Result<()> {
+        self.watch_identity()?;
+        self.watch_certs().await;
+        if let Some(path) = &self.options.config_path {
+            reload::spawn_config_watcher(path.clone(), reload, self.shared.stop_all.clone())
+                .context("cannot watch the config file")?;
+        }
+        Ok(())
+    }
+
+    /// Step 4, report: where every listener is, in the log, on `GET
+    /// /listeners` and in the ready file; from here on `/readyz` can pass.
+    fn announce(&self) -> anyhow::Result<BoundAddresses> {
+        let bound = self.bound_addresses();
+        self.publish(&bound).with_context(|| {
+            let path = self.options.ready_file.as_deref().unwrap_or(Path::new(""));
+            format!("cannot write the ready file {}", path.display())
+        })?;
+        tracing::info!(
+            inbound = ?bound.inbound,
+            outbound = ?bound.outbound,
+            admin = ?bound.admin,
+            "portcullis is serving"
+        );
+        Ok(bound)
+    }
+
+    /// Step 5, wait for signals: serve until SIGTERM/SIGINT, reloading on SIGHUP and on
+    /// requests from the config watcher and `POST /reload`.
+    async fn wait_for_signals(
+        &mut self,
+        mut signals: Signals,
+        mut reload_rx: mpsc::Receiver<ReloadRequest>,
+    ) {
+        loop {
+            tokio::select! {
+                event = signals.next() => match event {
+                    SignalEvent::Shutdown => return,
+                    SignalEvent::Reload if self.options.config_path.is_some() => {
+                        // The outcome is logged and counted by reload itself.
+                        let _ = self.reload("SIGHUP").await;
+                    }
+                    SignalEvent::Reload => {
+                        tracing::info!("SIGHUP ignored: no config file to reload");
+                    }
+                },
+                Some(request) = reload_rx.recv() => {
+                    let result = self.reload(request.trigger).await;
+                    if let Some(reply) = request.reply {
+                        let _ = reply.send(result);
+                    }
                 }
             }
         }
     }
-    admin_stop.cancel();
-    runtime.shutdown().await;
-    Ok(())
-}
 
-impl Runtime {
-    fn start_inbound(
-        &mut self,
-        listener: TcpListener,
-        settings: Arc<InboundSettings>,
-    ) -> anyhow::Result<()> {
-        let (name, max) = (settings.name.clone(), settings.max_connections);
-        let running = Running::start(
-            listener,
-            name.clone(),
-            Direction::Inbound,
-            settings,
-            max,
-            &self.shared,
-            inbound::handle,
-        )?;
-        self.inbound.insert(name.to_string(), running);
-        Ok(())
+    /// Step 6, drain: stop accepting everywhere (the admin endpoint too),
+    /// let live connections finish up to the drain timeout, then close
+    /// what is left.
+    async fn drain(self) {
+        if let Some(path) = &self.options.ready_file {
+            // Whoever waits for the file must not find a stale one.
+            let _ = std::fs::remove_file(path);
+        }
+        let drain = self.config.shutdown.drain_timeout;
+        let tracker = self.shared.tracker.clone();
+        tracing::info!(
+            open_connections = tracker.len(),
+            drain_timeout_ms = drain.as_millis() as u64,
+            "shutting down: stopped accepting, draining live connections"
+        );
+        self.shared.stop_all.cancel();
+        tracker.close();
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                open_connections = tracker.len(),
+                "drain timeout passed; closing the remaining connections"
+            );
+            self.shared.force_all.cancel();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tracker.wait()).await;
+        }
+        tracing::info!("shutdown complete");
     }
 
-    fn start_outbound(
-        &mut self,
-        listener: TcpListener,
-        settings: Arc<OutboundSettings>,
-    ) -> anyhow::Result<()> {
-        let (name, max) = (settings.name.clone(), settings.max_connections);
-        let running = Running::start(
-            listener,
-            name.clone(),
-            Direction::Outbound,
-            settings,
-            max,
-            &self.shared,
-            outbound::handle,
-        )?;
-        self.outbound.insert(name.to_string(), running);
-        Ok(())
+    /// Where every listener is bound now.
+    fn bound_addresses(&self) -> BoundAddresses {
+        BoundAddresses {
+            admin: self.admin_addr,
+            ..self.listeners.addresses()
+        }
+    }
+
+    /// Serve `bound` on `GET /listeners` (which also marks the listeners
+    /// bound for `/readyz`) and write it to the ready file, if asked for.
+    fn publish(&self, bound: &BoundAddresses) -> std::io::Result<()> {
+        self.admin.set_listeners(bound.clone());
+        match &self.options.ready_file {
+            Some(path) => bound.write_ready_file(path),
+            None => Ok(()),
+        }
     }
 
     /// (Re)start what keeps the identity fresh: the file watcher, or CA renewal.
@@ -429,38 +376,45 @@ impl Runtime {
             &self.cert_watch,
         );
     }
-
-    /// Stop accepting everywhere, drain live connections up to the drain
-    /// timeout, then close what is left.
-    async fn shutdown(self) {
-        let drain = self.config.shutdown.drain_timeout;
-        let tracker = self.shared.tracker.clone();
-        tracing::info!(
-            open_connections = tracker.len(),
-            drain_timeout_ms = drain.as_millis() as u64,
-            "shutting down: stopped accepting, draining live connections"
-        );
-        self.shared.stop_all.cancel();
-        tracker.close();
-        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-            tracing::warn!(
-                open_connections = tracker.len(),
-                "drain timeout passed; closing the remaining connections"
-            );
-            self.shared.force_all.cancel();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tracker.wait()).await;
-        }
-        tracing::info!("shutdown complete");
-    }
 }
 
-async fn bind(addr: SocketAddr, name: &str, direction: Direction) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
-        format!(
-            "{} listener {name:?}: cannot listen on {addr}",
-            direction.as_str()
-        )
-    })
+/// The metrics at start: our certificates' dates, and the config loaded
+/// now counting as the last good load.
+fn startup_metrics(store: &IdentityStore) -> anyhow::Result<Metrics> {
+    let metrics = Metrics::new().context("cannot create metrics")?;
+    let material = store.current();
+    metrics.set_own_certs(&material.certified_key.cert, &material.trust_bundle);
+    metrics.config_last_reload_success.set(unix_now());
+    Ok(metrics)
+}
+
+/// Bind the admin listener, when enabled. Its address is fixed at start.
+async fn bind_admin(admin: &AdminConfig) -> anyhow::Result<Option<TcpListener>> {
+    if !admin.enabled {
+        return Ok(None);
+    }
+    let socket = TcpListener::bind(admin.listen)
+        .await
+        .with_context(|| format!("admin: cannot listen on {}", admin.listen))?;
+    Ok(Some(socket))
+}
+
+/// With `[admin] mtls`, the TLS acceptor that authorizes admin clients.
+fn admin_tls(
+    admin: &AdminConfig,
+    store: &Arc<IdentityStore>,
+) -> anyhow::Result<Option<TlsAcceptor>> {
+    if !admin.mtls {
+        return Ok(None);
+    }
+    let policy = compile_policy(&admin.allow, admin.allow_any_authenticated)
+        .map_err(|errors| anyhow::anyhow!("admin.allow: {errors:?}"))?;
+    let server = tls::inbound_server_config(
+        store,
+        Arc::new(Authorizer::enforcing(policy)),
+        crate::config::TlsVersion::Tls13,
+    )?;
+    Ok(Some(TlsAcceptor::from(server)))
 }
 
 fn unix_now() -> i64 {

@@ -9,23 +9,23 @@
 //! connections — except, when a listener sets `reauthorize_on_reload`, those
 //! whose peer the new policy no longer allows. The admin listener address is
 //! fixed at start.
+//!
+//! A listener keeps its socket when its name is unchanged and the socket
+//! satisfies the new `listen` (same IP; same port, or port 0): see
+//! `listeners.rs`. So a port-0 listener keeps the port it got. When a reload
+//! moves a listener, `GET /listeners` and the ready file say where it went.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{bind, build_listeners, load_identity, unix_now, Runtime};
+use super::{build_listeners, load_identity, unix_now, Runtime};
 use crate::config::IdentityConfig;
-use crate::proxy::inbound::InboundSettings;
-use crate::proxy::outbound::OutboundSettings;
-use crate::proxy::Direction;
 
 /// A request to reload, with where it came from and who waits for the answer.
 #[derive(Debug)]
@@ -91,12 +91,6 @@ fn fingerprint(path: &Path) -> u64 {
     hasher.finish()
 }
 
-/// A listener that the new config adds, bound before anything is swapped.
-enum Added {
-    Inbound(TcpListener, Arc<InboundSettings>),
-    Outbound(TcpListener, Arc<OutboundSettings>),
-}
-
 impl Runtime {
     /// Reload from the config file; counts and logs the outcome.
     pub async fn reload(&mut self, trigger: &'static str) -> Result<String, String> {
@@ -106,6 +100,7 @@ impl Runtime {
                 metrics.config_reloads.with_label_values(&["success"]).inc();
                 metrics.config_last_reload_success.set(unix_now());
                 tracing::info!(trigger, changes = %summary, "config reloaded");
+                self.republish_addresses();
                 Ok(summary)
             }
             Err(error) => {
@@ -118,7 +113,8 @@ impl Runtime {
 
     async fn try_reload(&mut self) -> Result<String, String> {
         let path = self
-            .path
+            .options
+            .config_path
             .clone()
             .ok_or_else(|| "no config file to reload from".to_string())?;
         let config =
@@ -143,27 +139,14 @@ impl Runtime {
                     .map_err(|e| e.to_string())?,
             ),
         };
-        let (inbound, outbound) = build_listeners(&config, &self.store, &path)
+        let prepared = build_listeners(&config, &self.store, &path)
             .map_err(|e| e.to_string().trim_end().to_string())?;
-
         // Bind every new socket; a failure drops the ones bound so far.
-        let mut added = Vec::new();
-        for (cfg, settings) in config.inbound.iter().zip(inbound.iter()) {
-            if self.inbound.get(&cfg.name).map(|r| r.listen) != Some(cfg.listen) {
-                let socket = bind(cfg.listen, &cfg.name, Direction::Inbound)
-                    .await
-                    .map_err(|e| format!("{e:#}"))?;
-                added.push(Added::Inbound(socket, settings.clone()));
-            }
-        }
-        for (cfg, settings) in config.outbound.iter().zip(outbound.iter()) {
-            if self.outbound.get(&cfg.name).map(|r| r.listen) != Some(cfg.listen) {
-                let socket = bind(cfg.listen, &cfg.name, Direction::Outbound)
-                    .await
-                    .map_err(|e| format!("{e:#}"))?;
-                added.push(Added::Outbound(socket, settings.clone()));
-            }
-        }
+        let placed = self
+            .listeners
+            .place(prepared)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
 
         // Commit. From here on nothing can fail.
         let mut changes = Vec::new();
@@ -175,83 +158,10 @@ impl Runtime {
             changes.push("identity".to_string());
         }
         let drain = config.shutdown.drain_timeout;
-        for (cfg, settings) in config.inbound.iter().zip(inbound) {
-            let old = self.config.inbound.iter().find(|o| o.name == cfg.name);
-            let Some(running) = self.inbound.get_mut(&cfg.name) else {
-                continue;
-            };
-            if running.listen != cfg.listen || old == Some(cfg) {
-                continue;
-            }
-            let policy_changed = old.is_none_or(|o| {
-                o.allow != cfg.allow
-                    || o.allow_any_authenticated != cfg.allow_any_authenticated
-                    || o.authz_mode != cfg.authz_mode
-            });
-            running.update(settings.clone(), cfg.max_connections);
-            changes.push(format!("changed inbound {}", cfg.name));
-            if policy_changed && cfg.reauthorize_on_reload {
-                let closed = running.live.close_denied(&settings.authz);
-                self.shared
-                    .metrics
-                    .reauthorization_closed
-                    .with_label_values(&[&cfg.name])
-                    .inc_by(closed.len() as u64);
-                for peer in &closed {
-                    tracing::warn!(listener = %cfg.name, peer_identity = %peer, "closing live connection: the reloaded policy no longer allows this peer");
-                }
-                changes.push(format!(
-                    "reauthorized inbound {}: closed {}",
-                    cfg.name,
-                    closed.len()
-                ));
-            }
-        }
-        for (cfg, settings) in config.outbound.iter().zip(outbound) {
-            let old = self.config.outbound.iter().find(|o| o.name == cfg.name);
-            let Some(running) = self.outbound.get_mut(&cfg.name) else {
-                continue;
-            };
-            if running.listen != cfg.listen || old == Some(cfg) {
-                continue;
-            }
-            running.update(settings, cfg.max_connections);
-            changes.push(format!("changed outbound {}", cfg.name));
-        }
-        let keep_inbound: Vec<(&str, std::net::SocketAddr)> = config
-            .inbound
-            .iter()
-            .map(|c| (c.name.as_str(), c.listen))
-            .collect();
-        let removed: Vec<String> = self
-            .inbound
-            .iter()
-            .filter(|(name, r)| !keep_inbound.contains(&(name.as_str(), r.listen)))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in removed {
-            if let Some(running) = self.inbound.remove(&name) {
-                running.stop(drain);
-                changes.push(format!("removed inbound {name}"));
-            }
-        }
-        let keep_outbound: Vec<(&str, std::net::SocketAddr)> = config
-            .outbound
-            .iter()
-            .map(|c| (c.name.as_str(), c.listen))
-            .collect();
-        let removed: Vec<String> = self
-            .outbound
-            .iter()
-            .filter(|(name, r)| !keep_outbound.contains(&(name.as_str(), r.listen)))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in removed {
-            if let Some(running) = self.outbound.remove(&name) {
-                running.stop(drain);
-                changes.push(format!("removed outbound {name}"));
-            }
-        }
+        changes.extend(
+            self.listeners
+                .apply(placed, Some(&self.config), &self.shared, drain),
+        );
         if config.shutdown != self.config.shutdown {
             changes.push("shutdown".to_string());
         }
@@ -260,21 +170,6 @@ impl Runtime {
         if watch_changed {
             self.watch_certs().await;
             changes.push("watch".to_string());
-        }
-        for item in added {
-            let result = match item {
-                Added::Inbound(socket, settings) => {
-                    changes.push(format!("added inbound {}", settings.name));
-                    self.start_inbound(socket, settings)
-                }
-                Added::Outbound(socket, settings) => {
-                    changes.push(format!("added outbound {}", settings.name));
-                    self.start_outbound(socket, settings)
-                }
-            };
-            if let Err(error) = result {
-                tracing::error!(%error, "cannot start a listener added by the reload");
-            }
         }
         if identity_changed {
             if let Err(error) = self.watch_identity() {
@@ -285,5 +180,23 @@ impl Runtime {
             changes.push("no changes".into());
         }
         Ok(changes.join(", "))
+    }
+
+    /// After a reload: if a listener moved, was added or removed, tell
+    /// `GET /listeners` and rewrite the ready file.
+    fn republish_addresses(&self) {
+        let bound = self.bound_addresses();
+        if self.admin.listeners().as_deref() == Some(&bound) {
+            return;
+        }
+        if let Err(error) = self.publish(&bound) {
+            tracing::warn!(%error, "cannot rewrite the ready file after the reload");
+        }
+        tracing::info!(
+            inbound = ?bound.inbound,
+            outbound = ?bound.outbound,
+            admin = ?bound.admin,
+            "listeners moved"
+        );
     }
 }

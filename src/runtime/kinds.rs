@@ -1,0 +1,194 @@
+//! The kinds of listener the runtime runs, each described once: which config
+//! entries it comes from, how its settings are built, how a connection is
+//! served, and what a reload that changes it does to live connections.
+//!
+//! Everything else (binding, starting, swapping settings, stopping, reporting
+//! addresses) is generic over [`ListenerKind`] in `listeners.rs`. A new kind
+//! (an HTTP listener, a Workload API socket) is one more implementation here
+//! and one more field in `listeners::Listeners`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::admin::Metrics;
+use crate::config::{compile_authorizer, compile_rule, Config, InboundConfig, OutboundConfig};
+use crate::proxy::inbound::{self, InboundSettings};
+use crate::proxy::outbound::{self, OutboundSettings};
+use crate::proxy::{ConnectionContext, Direction, LiveConnections};
+use crate::tls::{self, IdentityStore};
+
+/// Where a listener accepts and how many connections it takes at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerSpec<'a> {
+    /// Unique name within its kind, used in logs and metric labels.
+    pub name: &'a str,
+    /// The configured address; port 0 asks the kernel for any free port.
+    pub listen: SocketAddr,
+    /// Most connections open at once.
+    pub max_connections: usize,
+}
+
+/// One kind of listener, implemented by its settings type (what a connection
+/// reads once, at accept).
+pub trait ListenerKind: Sized + Send + Sync + 'static {
+    /// The config entry one listener is built from.
+    type Entry: Clone + PartialEq + Send + Sync + 'static;
+    /// The `direction` metric label of its connections.
+    const DIRECTION: Direction;
+    /// The config key of its entries (`inbound` for `[[inbound]]`), used in
+    /// error key paths and in reload summaries such as `added inbound api`.
+    const KEY: &'static str;
+
+    /// This kind's entries in a config, in file order.
+    fn entries(config: &Config) -> &[Self::Entry];
+
+    /// Name, address and connection limit of an entry.
+    fn spec(entry: &Self::Entry) -> ListenerSpec<'_>;
+
+    /// Build the settings of a validated entry (policy, TLS config). The
+    /// error is the reason, without the key path.
+    fn build(entry: &Self::Entry, store: &Arc<IdentityStore>) -> Result<Self, String>;
+
+    /// Serve one accepted connection to the end.
+    fn handle(
+        stream: TcpStream,
+        peer: SocketAddr,
+        settings: Arc<Self>,
+        ctx: ConnectionContext,
+    ) -> impl Future<Output = ()> + Send + 'static;
+
+    /// After a reload gave a running listener new settings (its entry
+    /// changed from `old` to `new`): act on its live connections if the kind
+    /// asks for it, and say what was done for the reload summary.
+    fn reloaded(
+        old: Option<&Self::Entry>,
+        new: &Self::Entry,
+        settings: &Self,
+        live: &LiveConnections,
+        metrics: &Metrics,
+    ) -> Option<String> {
+        let _ = (old, new, settings, live, metrics);
+        None
+    }
+}
+
+impl ListenerKind for InboundSettings {
+    type Entry = InboundConfig;
+    const DIRECTION: Direction = Direction::Inbound;
+    const KEY: &'static str = "inbound";
+
+    fn entries(config: &Config) -> &[InboundConfig] {
+        &config.inbound
+    }
+
+    fn spec(entry: &InboundConfig) -> ListenerSpec<'_> {
+        ListenerSpec {
+            name: &entry.name,
+            listen: entry.listen,
+            max_connections: entry.max_connections,
+        }
+    }
+
+    fn build(entry: &InboundConfig, store: &Arc<IdentityStore>) -> Result<Self, String> {
+        let authz = compile_authorizer(entry).map_err(|errors| {
+            errors
+                .iter()
+                .map(|(key, reason)| format!("{key}: {reason}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let authz = Arc::new(authz);
+        let server = tls::inbound_server_config(store, authz.clone(), entry.tls_min_version)
+            .map_err(|e| e.to_string())?;
+        Ok(InboundSettings::new(
+            entry,
+            authz,
+            TlsAcceptor::from(server),
+        ))
+    }
+
+    fn handle(
+        stream: TcpStream,
+        peer: SocketAddr,
+        settings: Arc<Self>,
+        ctx: ConnectionContext,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        inbound::handle(stream, peer, settings, ctx)
+    }
+
+    /// With `reauthorize_on_reload`, a changed policy closes the live
+    /// connections whose peer it no longer allows.
+    fn reloaded(
+        old: Option<&InboundConfig>,
+        new: &InboundConfig,
+        settings: &Self,
+        live: &LiveConnections,
+        metrics: &Metrics,
+    ) -> Option<String> {
+        let policy_changed = old.is_none_or(|o| {
+            o.allow != new.allow
+                || o.allow_any_authenticated != new.allow_any_authenticated
+                || o.authz_mode != new.authz_mode
+        });
+        if !(policy_changed && new.reauthorize_on_reload) {
+            return None;
+        }
+        let closed = live.close_denied(&settings.authz);
+        metrics
+            .reauthorization_closed
+            .with_label_values(&[&new.name])
+            .inc_by(closed.len() as u64);
+        for peer in &closed {
+            tracing::warn!(listener = %new.name, peer_identity = %peer, "closing live connection: the reloaded policy no longer allows this peer");
+        }
+        Some(format!(
+            "reauthorized inbound {}: closed {}",
+            new.name,
+            closed.len()
+        ))
+    }
+}
+
+impl ListenerKind for OutboundSettings {
+    type Entry = OutboundConfig;
+    const DIRECTION: Direction = Direction::Outbound;
+    const KEY: &'static str = "outbound";
+
+    fn entries(config: &Config) -> &[OutboundConfig] {
+        &config.outbound
+    }
+
+    fn spec(entry: &OutboundConfig) -> ListenerSpec<'_> {
+        ListenerSpec {
+            name: &entry.name,
+            listen: entry.listen,
+            max_connections: entry.max_connections,
+        }
+    }
+
+    fn build(entry: &OutboundConfig, store: &Arc<IdentityStore>) -> Result<Self, String> {
+        let expect = compile_rule(&entry.expect).map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| format!("expect.{e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let client = tls::outbound_client_config(store, Arc::new(expect), entry.tls_min_version)
+            .map_err(|e| e.to_string())?;
+        OutboundSettings::new(entry, TlsConnector::from(client))
+    }
+
+    fn handle(
+        stream: TcpStream,
+        peer: SocketAddr,
+        settings: Arc<Self>,
+        ctx: ConnectionContext,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        outbound::handle(stream, peer, settings, ctx)
+    }
+}
