@@ -66,6 +66,10 @@ pub struct Metrics {
     /// `portcullis_chain_cache_evictions_total{listener,direction}`: entries
     /// dropped because the cache was full.
     pub chain_cache_evictions: IntCounterVec,
+    /// `portcullis_peer_table_entries`: peers held by `GET /peers`.
+    pub peer_table_entries: IntGauge,
+    /// `portcullis_peer_table_evictions_total`: peers dropped from the full table.
+    pub peer_table_evictions: prometheus::IntCounter,
     /// `portcullis_chain_cache_entries{listener,direction}`: entries held,
     /// as of the latest handshake that changed them.
     pub chain_cache_entries: IntGaugeVec,
@@ -257,6 +261,16 @@ impl Metrics {
         )?;
         registry.register(Box::new(peer_cert_expiration_min.clone()))?;
         registry.register(Box::new(watch_errors.clone()))?;
+        let peer_table_entries = IntGauge::new(
+            "portcullis_peer_table_entries",
+            "Peers held in the table served on GET /peers.",
+        )?;
+        let peer_table_evictions = prometheus::IntCounter::new(
+            "portcullis_peer_table_evictions_total",
+            "Least recently seen peers dropped from the full GET /peers table.",
+        )?;
+        registry.register(Box::new(peer_table_entries.clone()))?;
+        registry.register(Box::new(peer_table_evictions.clone()))?;
         registry.register(Box::new(lingering_closes.clone()))?;
         registry.register(Box::new(chain_cache_lookups.clone()))?;
         registry.register(Box::new(chain_cache_evictions.clone()))?;
@@ -294,6 +308,8 @@ impl Metrics {
             peer_cert_expiration_min,
             watch_errors,
             lingering_closes,
+            peer_table_entries,
+            peer_table_evictions,
             chain_cache_lookups,
             chain_cache_evictions,
             chain_cache_entries,

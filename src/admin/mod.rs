@@ -3,6 +3,7 @@
 //! `POST /reload`), and the `[[watch]]` certificate expiry exporter.
 
 pub mod metrics;
+pub mod peers;
 pub mod server;
 pub mod watch;
 

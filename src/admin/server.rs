@@ -1,5 +1,5 @@
 //! The admin HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/certs`,
-//! `/listeners`, and `POST /reload`.
+//! `/listeners`, `/peers`, and `POST /reload`.
 //!
 //! Plain HTTP/1.1 on a loopback address by default. Only GET is served;
 //! everything else is 404/405 with a one-line reason.
@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::peers::PeerTable;
 use super::Metrics;
 use crate::runtime::reload::ReloadRequest;
 use crate::runtime::BoundAddresses;
@@ -36,6 +37,8 @@ pub struct AdminState {
     listeners: ArcSwapOption<BoundAddresses>,
     /// Where `POST /reload` sends its request (None: reload not available).
     pub reload: Option<mpsc::Sender<ReloadRequest>>,
+    /// The peers seen, served on `GET /peers`.
+    pub peers: Arc<PeerTable>,
 }
 
 impl AdminState {
@@ -44,12 +47,14 @@ impl AdminState {
         metrics: Metrics,
         store: Arc<IdentityStore>,
         reload: Option<mpsc::Sender<ReloadRequest>>,
+        peers: Arc<PeerTable>,
     ) -> AdminState {
         AdminState {
             metrics,
             store,
             listeners: ArcSwapOption::empty(),
             reload,
+            peers,
         }
     }
 
@@ -186,6 +191,7 @@ async fn route(
         },
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/certs" => json(certs_json(state)),
+        "/peers" => json(state.peers.to_json().to_string()),
         "/listeners" => match state.listeners() {
             Some(bound) => json(bound.to_json()),
             None => text(
@@ -202,7 +208,8 @@ async fn route(
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics /healthz /readyz /certs /listeners, or POST /reload\n".into(),
+            "not found; try /metrics /healthz /readyz /certs /listeners /peers, or POST /reload\n"
+                .into(),
         ),
     }
 }

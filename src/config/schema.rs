@@ -80,6 +80,9 @@ pub struct AdminConfig {
     /// With `mtls`: admit every client whose chain verifies.
     #[serde(default)]
     pub allow_any_authenticated: bool,
+    /// Most peers `GET /peers` remembers (least recently seen evicted).
+    #[serde(default = "default_peer_table_size")]
+    pub peer_table_size: usize,
 }
 
 impl Default for AdminConfig {
@@ -90,6 +93,7 @@ impl Default for AdminConfig {
             mtls: false,
             allow: Vec::new(),
             allow_any_authenticated: false,
+            peer_table_size: default_peer_table_size(),
         }
     }
 }
@@ -355,6 +359,10 @@ fn default_idle_timeout() -> Duration {
 
 fn default_max_connections() -> usize {
     4096
+}
+
+fn default_peer_table_size() -> usize {
+    crate::admin::peers::DEFAULT_SIZE
 }
 
 fn default_lingering_time() -> Duration {

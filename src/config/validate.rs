@@ -126,6 +126,13 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
         }
     }
 
+    if config.admin.peer_table_size > MAX_PEER_TABLE_SIZE {
+        errors.push(
+            "admin.peer_table_size",
+            format!("must be at most {MAX_PEER_TABLE_SIZE} (each entry holds a few hundred bytes)"),
+        );
+    }
+
     for (i, inbound) in config.inbound.iter().enumerate() {
         let at = format!("inbound[{i}]");
         check_name(&mut errors, &mut names, &at, &inbound.name);
@@ -391,6 +398,9 @@ fn check_max_connections(errors: &mut Errors, at: &str, value: usize) {
         );
     }
 }
+
+/// Largest `admin.peer_table_size`: about a few hundred megabytes at most.
+const MAX_PEER_TABLE_SIZE: usize = 1_000_000;
 
 /// Longest lingering close accepted: a refused peer may hold its place
 /// under `max_connections` for at most this long.

@@ -104,6 +104,7 @@ pub async fn handle(
         .with_label_values(&[name, direction])
         .observe(started.elapsed().as_secs_f64());
     verdicts::report(&ctx, name, &record);
+    verdicts::remember_peer(&ctx, &settings.name, &record);
     ctx.count_chain_cache(name, Direction::Inbound, &record);
     let tls = match handshake {
         // Boxed: held across every later await, it would otherwise be

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::peers::PeerTable;
 use crate::admin::Metrics;
 use crate::identity::{Authorizer, PeerIdentity};
 use crate::tls::linger::{close_after_alert, LingerGate, LingerLimits};
@@ -53,6 +54,8 @@ pub struct ConnectionContext {
     pub linger: Arc<LingerGate>,
     /// When each peer's shadow disagreement was last logged.
     pub disagreements: Arc<verdicts::DisagreementLog>,
+    /// The peers seen (`GET /peers`).
+    pub peers: Arc<PeerTable>,
 }
 
 impl ConnectionContext {

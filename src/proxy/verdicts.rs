@@ -4,7 +4,7 @@
 //! one peer cannot flood the log.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::ConnectionContext;
@@ -42,6 +42,30 @@ impl DisagreementLog {
         last.insert(identity.to_string(), now);
         true
     }
+}
+
+/// Remember an inbound peer whose chain verified in the peer table
+/// (`GET /peers`), with the decision on it.
+pub fn remember_peer(ctx: &ConnectionContext, name: &Arc<str>, record: &HandshakeRecord) {
+    let (Some(identity), Some(verdict)) = (&record.identity, &record.verdict) else {
+        return;
+    };
+    let recorded = ctx
+        .peers
+        .record(name, identity, verdict.label(), unix_now());
+    ctx.metrics
+        .peer_table_entries
+        .set(i64::try_from(recorded.entries).unwrap_or(i64::MAX));
+    if recorded.evicted {
+        ctx.metrics.peer_table_evictions.inc();
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Count the verdict the verifier reached, if it reached one, and log a

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::kinds::{ListenerKind, ListenerSpec};
+use crate::admin::peers::PeerTable;
 use crate::admin::Metrics;
 use crate::config::Config;
 use crate::proxy::inbound::InboundSettings;
@@ -139,13 +140,16 @@ pub struct Shared {
     /// Parent of every listener's force-close token: cancelled when the
     /// shutdown drain deadline passes.
     pub force_all: CancellationToken,
+    /// The peers seen by every inbound listener (`GET /peers`).
+    pub peers: Arc<PeerTable>,
 }
 
 impl Shared {
-    /// Fresh tokens and tracker around `metrics`.
-    pub fn new(metrics: Metrics) -> Shared {
+    /// Fresh tokens and tracker around `metrics` and the peer table.
+    pub fn new(metrics: Metrics, peers: Arc<PeerTable>) -> Shared {
         Shared {
             metrics,
+            peers,
             tracker: TaskTracker::new(),
             stop_all: CancellationToken::new(),
             force_all: CancellationToken::new(),
@@ -172,6 +176,7 @@ impl<S: ListenerKind> Running<S> {
             live: live.clone(),
             linger: linger.clone(),
             disagreements: Arc::default(),
+            peers: shared.peers.clone(),
         };
         let accept = AcceptLoop {
             name,

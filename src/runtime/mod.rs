@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::peers::PeerTable;
 use crate::admin::{AdminState, Metrics};
 use crate::certs;
 use crate::config::{
@@ -180,16 +181,19 @@ impl Runtime {
         reload: &mpsc::Sender<ReloadRequest>,
     ) -> anyhow::Result<Runtime> {
         let metrics = startup_metrics(&store)?;
+        // Sized at start; a reload does not resize it.
+        let peers = Arc::new(PeerTable::new(config.admin.peer_table_size));
         let admin = Arc::new(AdminState::new(
             metrics.clone(),
             store.clone(),
             options.config_path.as_ref().map(|_| reload.clone()),
+            peers.clone(),
         ));
         Ok(Runtime {
             options,
             config,
             store,
-            shared: Shared::new(metrics),
+            shared: Shared::new(metrics, peers),
             listeners: Listeners::default(),
             admin,
             admin_addr: None,
