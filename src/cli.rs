@@ -112,6 +112,27 @@ pub enum AuthzCommand {
         /// PEM file with the peer's certificate chain, leaf first.
         cert: PathBuf,
     },
+    /// Print `[[inbound.allow]]` rules that admit exactly the peers a running
+    /// proxy has seen, for review.
+    Suggest {
+        /// The admin endpoint's peer table, `http://127.0.0.1:9901/peers`, or
+        /// a file holding a saved answer of it.
+        #[arg(
+            long,
+            required_unless_present = "from_log",
+            conflicts_with = "from_log"
+        )]
+        from: Option<String>,
+        /// A file of JSON access log lines (`--log-format json`).
+        #[arg(long)]
+        from_log: Option<PathBuf>,
+        /// Only this listener.
+        #[arg(long)]
+        listener: Option<String>,
+        /// Fold SPIFFE IDs that share a trust domain and parent path into one glob.
+        #[arg(long)]
+        generalize: bool,
+    },
 }
 
 /// `portcullis cert ...`.

@@ -86,6 +86,41 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Authz {
+            command:
+                AuthzCommand::Suggest {
+                    from,
+                    from_log,
+                    listener,
+                    generalize,
+                },
+        } => {
+            use portcullis::authz::suggest::{suggest, Source, SuggestRequest};
+            let source = match (from, from_log) {
+                (_, Some(log)) => Source::Log(log),
+                (Some(from), None) if from.contains("://") => Source::Peers(from),
+                (Some(from), None) => Source::PeersFile(from.into()),
+                (None, None) => {
+                    eprintln!("error: give --from or --from-log");
+                    return ExitCode::from(2);
+                }
+            };
+            let request = SuggestRequest {
+                source,
+                listener,
+                generalize,
+            };
+            match suggest(&request) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Cert {
             command: CertCommand::Inspect { file, json },
         } => match portcullis::inspect::inspect_file(&file) {

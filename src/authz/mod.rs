@@ -3,6 +3,7 @@
 //! `suggest` turns the identities a running proxy has seen into allow rules.
 
 pub mod explain;
+pub mod suggest;
 
 use crate::config::ConfigErrors;
 
