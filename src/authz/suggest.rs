@@ -220,8 +220,7 @@ fn ordered(mut fields: Vec<(String, String)>) -> Vec<(String, String)> {
 fn from_log(path: &PathBuf) -> Result<ByListener, AuthzError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| AuthzError::Input(format!("{}: cannot read: {e}", path.display())))?;
-    let mut counts: BTreeMap<(String, String), (u64, Option<String>, Option<String>)> =
-        BTreeMap::new();
+    let mut counts: BTreeMap<(String, String), LogSightings> = BTreeMap::new();
     for line in text.lines() {
         let Ok(Value::Object(object)) = serde_json::from_str::<Value>(line) else {
             continue;
@@ -244,9 +243,9 @@ fn from_log(path: &PathBuf) -> Result<ByListener, AuthzError> {
             continue;
         }
         let entry = counts.entry((listener, identity)).or_default();
-        entry.0 += 1;
-        entry.1 = text("timestamp").or(entry.1.take());
-        entry.2 = text("decision").or(entry.2.take());
+        entry.count += 1;
+        entry.last_seen = text("timestamp").or(entry.last_seen.take());
+        entry.last_decision = text("decision").or(entry.last_decision.take());
     }
     if counts.is_empty() {
         return Err(AuthzError::Input(format!(
@@ -255,7 +254,12 @@ fn from_log(path: &PathBuf) -> Result<ByListener, AuthzError> {
         )));
     }
     let mut out = ByListener::new();
-    for ((listener, identity), (count, last_seen, last_decision)) in counts {
+    for ((listener, identity), sightings) in counts {
+        let LogSightings {
+            count,
+            last_seen,
+            last_decision,
+        } = sightings;
         let Some(fields) = fields_of_log_identity(&identity) else {
             continue;
         };
@@ -269,6 +273,14 @@ fn from_log(path: &PathBuf) -> Result<ByListener, AuthzError> {
         });
     }
     Ok(out)
+}
+
+/// What the log says of one identity on one listener.
+#[derive(Debug, Default)]
+struct LogSightings {
+    count: u64,
+    last_seen: Option<String>,
+    last_decision: Option<String>,
 }
 
 /// The rule fields of a `peer_identity` as the log writes it.
