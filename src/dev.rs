@@ -119,9 +119,20 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         }
     });
 
-    let printed = instructions(&options, &files, &backend);
-    let options = crate::runtime::ServeOptions::default();
-    crate::runtime::serve(prepared, options, signals, |_| println!("{printed}")).await
+    let serve = crate::runtime::ServeOptions::default();
+    crate::runtime::serve(prepared, serve, signals, |bound| {
+        // The addresses as bound: a port 0 on the command line shows as
+        // the port the kernel chose.
+        let shown = DevOptions {
+            listen: bound.inbound.get("dev").copied().unwrap_or(options.listen),
+            admin: bound.admin.unwrap_or(options.admin),
+            outbound_listen: (bound.outbound.get("dev-outbound").copied())
+                .unwrap_or(options.outbound_listen),
+            ..options.clone()
+        };
+        println!("{}", instructions(&shown, &files, &backend));
+    })
+    .await
 }
 
 fn dev_config(options: &DevOptions, files: &DevFiles, backend: &str) -> Config {

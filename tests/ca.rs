@@ -108,6 +108,9 @@ impl TestCa {
 
     /// Start `ca serve` with init's ca.toml, `replace` applied to it and
     /// `extra` appended.
+    ///
+    /// On a `free_port` (and retried when taken meanwhile): `ca serve` does
+    /// not report a port-0 address the way `portcullis run --ready-file` does.
     fn serve(&self, replace: &[(&str, &str)], extra: &str) -> Server {
         for _attempt in 0..5 {
             let port = free_port();

@@ -17,7 +17,9 @@ use common::*;
 
 const TD: &str = "example.org";
 
-/// `portcullis ca init` in a temp dir, and `ca serve` on a free port.
+/// `portcullis ca init` in a temp dir, and `ca serve` on a free port: a
+/// fixed one (`free_port`), because the tests stop the CA and start it again
+/// on the address the proxies were configured with.
 struct CaServer {
     dir: PathBuf,
     port: u16,
@@ -160,14 +162,6 @@ fn rotations(proxy: &Proxy) -> f64 {
     )
 }
 
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The serial of the certificate the inbound proxy presents now.
 fn served_serial(addr: SocketAddr, client: &Arc<rustls::ClientConfig>) -> Option<String> {
     let stream = tls_connect(addr, "localhost", client.clone()).ok()?;
@@ -185,29 +179,30 @@ fn rotations_under_traffic_break_nothing() {
     ca.token("spiffe://example.org/ns/web/sa/frontend", &web_token);
 
     // Inbound "api" in front of an echo backend, admitting the frontend.
-    let in_port = free_port();
     let inbound = Proxy::start(
         tmp.path(),
         &format!(
-            "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{in_port}\"\nbackend = \"{}\"\n\
-             [[inbound.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/sa/frontend\"\n",
+            "{}{}",
             ca.identity_toml(&api_token, "4s"),
-            echo_backend()
+            inbound_table("api", echo_backend(), &allow_spiffe("ns/web/sa/frontend"))
         ),
     );
+    let in_addr = inbound.inbound("api");
     // Outbound "frontend" dialing it, expecting the api identity.
-    let out_port = free_port();
     let outbound = Proxy::start(
         tmp.path(),
         &format!(
-            "{}\n[[outbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{out_port}\"\n\
-             upstream = \"127.0.0.1:{in_port}\"\nserver_name = \"localhost\"\n\
-             expect = {{ spiffe_id = \"spiffe://example.org/ns/api/sa/server\" }}\n",
+            "{}{}",
             ca.identity_toml(&web_token, "4s"),
+            outbound_table(
+                "api",
+                in_addr,
+                "{ spiffe_id = \"spiffe://example.org/ns/api/sa/server\" }",
+                "server_name = \"localhost\""
+            )
         ),
     );
-    let out_addr: SocketAddr = format!("127.0.0.1:{out_port}").parse().unwrap();
-    let in_addr: SocketAddr = format!("127.0.0.1:{in_port}").parse().unwrap();
+    let out_addr = outbound.outbound("api");
 
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
@@ -321,17 +316,15 @@ fn ca_outage_keeps_serving_until_expiry_then_recovers_by_itself() {
     let mut ca = CaServer::init(tmp.path());
     let token = tmp.path().join("api.token");
     ca.token("spiffe://example.org/ns/api/sa/server", &token);
-    let port = free_port();
     let proxy = Proxy::start(
         tmp.path(),
         &format!(
-            "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{}\"\n\
-             [[inbound.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/sa/frontend\"\n",
+            "{}{}",
             ca.identity_toml(&token, "6s"),
-            echo_backend()
+            inbound_table("api", echo_backend(), &allow_spiffe("ns/web/sa/frontend"))
         ),
     );
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = proxy.inbound("api");
     let client = ca.issue(
         "spiffe://example.org/ns/web/sa/frontend",
         &tmp.path().join("c"),
@@ -349,7 +342,7 @@ fn ca_outage_keeps_serving_until_expiry_then_recovers_by_itself() {
         .contains("certificate renewal failed; keeping the current certificate"));
 
     // Once it expires, readiness fails with the reason.
-    wait_until(
+    wait_for(
         "readiness to fail",
         Duration::from_secs(15),
         || matches!(http_get(proxy.admin, "/readyz"), Ok((503, body)) if body.contains("expired")),
@@ -359,7 +352,7 @@ fn ca_outage_keeps_serving_until_expiry_then_recovers_by_itself() {
     // kubelet does for projected tokens): the proxy recovers by itself.
     ca.token("spiffe://example.org/ns/api/sa/server", &token);
     ca.start();
-    wait_until("readiness to recover", Duration::from_secs(15), || {
+    wait_for("readiness to recover", Duration::from_secs(15), || {
         matches!(http_get(proxy.admin, "/readyz"), Ok((200, _)))
     });
     echo_roundtrip(addr, client).expect("serving again");
@@ -392,18 +385,15 @@ fn a_revoked_peer_is_refused_by_an_inbound_proxy_with_the_crl() {
         std::fs::rename(tmp.path().join("ca.crl.tmp"), tmp.path().join("ca.crl")).unwrap();
     };
     fetch_crl();
-    let port = free_port();
     let proxy = Proxy::start(
         tmp.path(),
         &format!(
             "[identity]\nsource = \"files\"\ncert = \"server.crt\"\nkey = \"server.key\"\n\
-             trust_bundle = \"server.bundle.crt\"\ncrls = [\"ca.crl\"]\n\
-             [[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{}\"\n\
-             [[inbound.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/sa/frontend\"\n",
-            echo_backend()
+             trust_bundle = \"server.bundle.crt\"\ncrls = [\"ca.crl\"]\n{}",
+            inbound_table("api", echo_backend(), &allow_spiffe("ns/web/sa/frontend"))
         ),
     );
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = proxy.inbound("api");
     let victim = ca.issue(
         "spiffe://example.org/ns/web/sa/frontend",
         &tmp.path().join("victim"),
@@ -430,7 +420,7 @@ fn a_revoked_peer_is_refused_by_an_inbound_proxy_with_the_crl() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The CA rebuilds its CRL when revoked.txt changes; fetch until listed.
-    wait_until(
+    wait_for(
         "the CRL to list the serial",
         Duration::from_secs(90),
         || {
@@ -441,7 +431,7 @@ fn a_revoked_peer_is_refused_by_an_inbound_proxy_with_the_crl() {
                 .any(|s| s.trim_start_matches('0') == serial.trim_start_matches('0'))
         },
     );
-    wait_until(
+    wait_for(
         "the proxy to refuse the revoked peer",
         Duration::from_secs(15),
         || echo_roundtrip(addr, victim_cfg.clone()).is_err(),
@@ -482,17 +472,15 @@ fn a_new_root_added_to_the_ca_bundle_is_trusted_after_refresh() {
     let mut ca = CaServer::init(tmp.path());
     let token = tmp.path().join("api.token");
     ca.token("spiffe://example.org/ns/api/sa/server", &token);
-    let port = free_port();
     let proxy = Proxy::start(
         tmp.path(),
         &format!(
-            "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{}\"\n\
-             [[inbound.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/sa/frontend\"\n",
+            "{}{}",
             ca.identity_toml(&token, "1h"),
-            echo_backend()
+            inbound_table("api", echo_backend(), &allow_spiffe("ns/web/sa/frontend"))
         ),
     );
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = proxy.inbound("api");
     // A peer whose chain leads to a root the proxy does not trust yet.
     let next_root = Ca::root("Next Root CA");
     let peer = next_root.issue(&Leaf::spiffe("ns/web/sa/frontend"));
@@ -503,7 +491,7 @@ fn a_new_root_added_to_the_ca_bundle_is_trusted_after_refresh() {
     ca.stop();
     std::fs::write(ca.dir.join("bundle.crt"), &roots).unwrap();
     ca.start();
-    wait_until(
+    wait_for(
         "the proxy to fetch the new bundle",
         Duration::from_secs(20),
         || {

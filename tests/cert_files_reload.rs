@@ -20,17 +20,14 @@ fn server_leaf(serial: u64) -> Leaf {
 
 fn start(pki: &Pki) -> (Proxy, SocketAddr) {
     pki.issue_files("server", &server_leaf(0x1001));
-    let port = free_port();
     let config = format!(
-        "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{}\"\n\
-         [[inbound.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/sa/frontend\"\n",
+        "{}{}",
         pki.identity_toml("server"),
-        echo_backend()
+        inbound_table("api", echo_backend(), &allow_spiffe("ns/web/sa/frontend"))
     );
-    (
-        Proxy::start(pki.dir.path(), &config),
-        format!("127.0.0.1:{port}").parse().unwrap(),
-    )
+    let proxy = Proxy::start(pki.dir.path(), &config);
+    let addr = proxy.inbound("api");
+    (proxy, addr)
 }
 
 /// The serial (hex) of the certificate the proxy presents now.

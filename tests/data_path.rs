@@ -29,8 +29,9 @@ struct Setup {
 fn start(backend: SocketAddr, listener_extra: &str, global_extra: &str) -> Setup {
     let pki = Pki::new();
     let body = format!("{listener_extra}\n[[inbound.allow]]\nspiffe_id = \"{FRONTEND_ID}\"\n");
-    let (config, addr) = inbound_config(&pki, backend, global_extra, &body);
+    let config = inbound_config(&pki, backend, global_extra, &body);
     let proxy = Proxy::start(pki.dir.path(), &config);
+    let addr = proxy.inbound("api");
     let frontend = pki.intermediate.issue(&Leaf {
         cn: Some("frontend".into()),
         ..Leaf::spiffe("ns/web/sa/frontend")
@@ -77,20 +78,6 @@ fn exchange(stream: &mut Client, data: &[u8]) {
     let mut echo = vec![0u8; data.len()];
     stream.read_exact(&mut echo).expect("read the echo");
     assert!(echo == data, "echo differs from what was sent");
-}
-
-/// Poll `condition` every 20 ms until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A read that gave up because of the socket's read timeout: the peer never
@@ -291,8 +278,8 @@ fn backend_half_close_keeps_the_client_direction_open() {
 
 #[test]
 fn backend_down_closes_client_cleanly() {
-    let closed_port = free_port();
-    let setup = start(format!("127.0.0.1:{closed_port}").parse().unwrap(), "", "");
+    let (_reserved, closed) = closed_port();
+    let setup = start(closed, "", "");
     let mut stream = tls_connect(setup.addr, "proxy.example.org", setup.client.clone())
         .expect("the handshake itself succeeds");
     let started = Instant::now();

@@ -21,15 +21,15 @@ impl Drop for Dev {
     }
 }
 
+/// Start `portcullis dev` with every listener on port 0; returns it and
+/// the mTLS port it printed.
 fn start_dev(dir: &std::path::Path, extra: &[&str]) -> (Dev, u16) {
-    let port = free_port();
-    let admin = free_port();
     let mut child = Command::new(binary())
         .arg("dev")
         .arg("--dir")
         .arg(dir)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--admin", "127.0.0.1:0"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -50,6 +50,14 @@ fn start_dev(dir: &std::path::Path, extra: &[&str]) -> (Dev, u16) {
     let printed = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("portcullis dev printed its instructions");
+    // "portcullis dev is running: mTLS on 127.0.0.1:PORT -> ..."
+    let port = printed
+        .split_once("mTLS on ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|listen| listen.parse::<std::net::SocketAddr>().ok())
+        .map(|listen| listen.port())
+        .unwrap_or_else(|| panic!("no mTLS address in:\n{printed}"));
+    assert_ne!(port, 0, "{printed}");
     (Dev { child, printed }, port)
 }
 

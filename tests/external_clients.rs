@@ -95,13 +95,17 @@ impl Fixture {
         let frontend = client_files(&pki, "frontend", "ns/web/sa/frontend");
         let intruder = client_files(&pki, "intruder", "ns/web/sa/intruder");
         let (backend, backend_connections) = http_backend();
-        let port = free_port();
         let config = format!(
-            "{identity}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\n\
-             backend = \"{backend}\"\n{extra_listener_config}{FRONTEND_ONLY}",
-            identity = pki.identity_toml("server"),
+            "{}{}",
+            pki.identity_toml("server"),
+            inbound_table(
+                "api",
+                backend,
+                &format!("{extra_listener_config}{FRONTEND_ONLY}")
+            )
         );
         let proxy = Proxy::start(pki.dir.path(), &config);
+        let port = proxy.inbound("api").port();
         Fixture {
             pki,
             proxy,

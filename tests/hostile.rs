@@ -17,7 +17,7 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -49,9 +49,8 @@ struct Setup {
     _pki: Pki,
 }
 
-/// The proxy config for a listener in front of `backend`; returns the
-/// config text and the listener address.
-fn config_for(pki: &Pki, backend: SocketAddr, listener_extra: &str) -> (String, SocketAddr) {
+/// The proxy config for a listener `api` in front of `backend`.
+fn config_for(pki: &Pki, backend: SocketAddr, listener_extra: &str) -> String {
     let body = format!("{listener_extra}\n[[inbound.allow]]\nspiffe_id = \"{FRONTEND_ID}\"\n");
     inbound_config(pki, backend, "", &body)
 }
@@ -66,8 +65,9 @@ fn frontend_client(pki: &Pki) -> Arc<rustls::ClientConfig> {
 
 fn start(backend: SocketAddr, listener_extra: &str) -> Setup {
     let pki = Pki::new();
-    let (config, addr) = config_for(&pki, backend, listener_extra);
+    let config = config_for(&pki, backend, listener_extra);
     let proxy = Proxy::start(pki.dir.path(), &config);
+    let addr = proxy.inbound("api");
     Setup {
         proxy,
         addr,
@@ -110,20 +110,6 @@ impl Setup {
         if let Some(status) = self.proxy.child.try_wait().unwrap() {
             panic!("portcullis exited ({status}); log:\n{}", self.proxy.logs());
         }
-    }
-}
-
-/// Poll `condition` every 20 ms until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -833,52 +819,15 @@ fn client_that_never_reads_applies_backpressure_to_the_backend() {
 
 /// Start `portcullis run` under `ulimit -n limit` and wait for readiness.
 fn start_with_fd_limit(dir: &Path, config: &str, limit: u32) -> Proxy {
-    use std::io::BufRead;
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config_path = dir.join(format!("portcullis-{}.toml", admin.port()));
-    std::fs::write(
-        &config_path,
-        format!("[admin]\nlisten = \"{admin}\"\n\n{config}"),
-    )
-    .unwrap();
-    let mut child = Command::new("sh")
+    let path = write_proxy_config(dir, config);
+    let mut ulimit = Command::new("sh");
+    ulimit
         .arg("-c")
-        .arg(format!("ulimit -n {limit} && exec \"$0\" run -c \"$1\""))
-        .arg(binary())
-        .arg(&config_path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    let mut proxy = Proxy {
-        child,
-        admin,
-        log,
-        config_path,
-    };
-    let ready = wait_until(Duration::from_secs(15), || {
-        matches!(http_get(admin, "/readyz"), Ok((200, _)))
-            || proxy.child.try_wait().unwrap().is_some()
-    });
-    assert!(
-        ready && proxy.child.try_wait().unwrap().is_none(),
-        "portcullis not ready under ulimit -n {limit}; log:\n{}",
-        proxy.logs()
-    );
+        .arg(format!("ulimit -n {limit} && exec \"$@\""))
+        .arg("sh")
+        .arg(binary());
+    let mut proxy = Proxy::launch_with(ulimit, &path);
+    proxy.wait_ready();
     proxy
 }
 
@@ -888,8 +837,9 @@ fn fd_exhaustion_backs_off_without_spinning_and_recovers() {
     const LIMIT: u32 = 64;
     const SILENT: usize = 100;
     let pki = Pki::new();
-    let (config, addr) = config_for(&pki, echo_backend(), "handshake_timeout = \"3s\"");
+    let config = config_for(&pki, echo_backend(), "handshake_timeout = \"3s\"");
     let mut proxy = start_with_fd_limit(pki.dir.path(), &config, LIMIT);
+    let addr = proxy.inbound("api");
     let client = frontend_client(&pki);
     let pid = proxy.child.id();
     let idle_fds = open_fds(pid);

@@ -9,8 +9,10 @@ use time::Duration as TimeDuration;
 
 /// A proxy with the given allow rules in front of an echo backend.
 fn proxy_with_rules(pki: &Pki, rules: &str, extra: &str) -> (Proxy, std::net::SocketAddr) {
-    let (config, addr) = inbound_config(pki, echo_backend(), extra, rules);
-    (Proxy::start(pki.dir.path(), &config), addr)
+    let config = inbound_config(pki, echo_backend(), extra, rules);
+    let proxy = Proxy::start(pki.dir.path(), &config);
+    let addr = proxy.inbound("api");
+    (proxy, addr)
 }
 
 const FRONTEND_ONLY: &str =

@@ -18,8 +18,10 @@ const FRONTEND: &str = "spiffe://example.org/ns/web/sa/frontend";
 /// An inbound proxy in front of an echo backend admitting the frontend.
 fn inbound(pki: &Pki) -> (Proxy, SocketAddr) {
     let allow = format!("[[inbound.allow]]\nspiffe_id = \"{FRONTEND}\"\n");
-    let (config, addr) = inbound_config(pki, echo_backend(), "", &allow);
-    (Proxy::start(pki.dir.path(), &config), addr)
+    let config = inbound_config(pki, echo_backend(), "", &allow);
+    let proxy = Proxy::start(pki.dir.path(), &config);
+    let addr = proxy.inbound("api");
+    (proxy, addr)
 }
 
 /// A client config on `provider` presenting the frontend's certificate.
@@ -95,15 +97,14 @@ fn upstream_on(
 /// An outbound proxy dialing `upstream`; one plaintext echo through it.
 fn through_outbound(pki: &Pki, upstream: SocketAddr) -> Proxy {
     pki.issue_files("frontend", &Leaf::spiffe("ns/web/sa/frontend"));
-    let port = free_port();
     let config = format!(
-        "{}\n[[outbound]]\nname = \"payments\"\nlisten = \"127.0.0.1:{port}\"\n\
+        "{}\n[[outbound]]\nname = \"payments\"\nlisten = \"127.0.0.1:0\"\n\
          upstream = \"{upstream}\"\nserver_name = \"payments.pay.svc\"\n\
          expect = {{ spiffe_id = \"spiffe://example.org/ns/pay/sa/payments\" }}\n",
         pki.identity_toml("frontend")
     );
     let proxy = Proxy::start(pki.dir.path(), &config);
-    let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut plain = TcpStream::connect(proxy.outbound("payments")).unwrap();
     plain
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

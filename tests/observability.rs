@@ -5,37 +5,19 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use time::Duration as TimeDuration;
 
-fn server_leaf() -> Leaf {
-    Leaf {
-        dns: vec!["proxy.example.org".into()],
-        ..Leaf::spiffe("ns/api/sa/server")
-    }
-}
-
-fn inbound_config(pki: &Pki, extra: &str) -> (String, std::net::SocketAddr) {
-    let port = free_port();
-    (
-        format!(
-            "{}\n{extra}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{}\"\n\
-             [[inbound.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/sa/frontend\"\n",
-            pki.identity_toml("server"),
-            echo_backend()
-        ),
-        format!("127.0.0.1:{port}").parse().unwrap(),
+/// The proxy's config with `extra` before one listener `api` admitting the
+/// frontend; the certificate `server.crt` is the caller's to issue.
+fn config(pki: &Pki, extra: &str) -> String {
+    format!(
+        "{}\n{extra}\n{}",
+        pki.identity_toml("server"),
+        inbound_table("api", echo_backend(), &allow_spiffe("ns/web/sa/frontend"))
     )
-}
-
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn not_after(der: &[u8]) -> i64 {
@@ -53,7 +35,7 @@ fn readyz_is_503_with_an_expired_cert_and_200_once_a_valid_one_lands() {
             ..server_leaf()
         },
     );
-    let (config, _) = inbound_config(&pki, "");
+    let config = config(&pki, "");
     let proxy = Proxy::start_unready(pki.dir.path(), &config);
     let (status, body) = http_get(proxy.admin, "/readyz").unwrap();
     assert_eq!(status, 503, "{body}");
@@ -65,7 +47,7 @@ fn readyz_is_503_with_an_expired_cert_and_200_once_a_valid_one_lands() {
     std::fs::rename(pki.path("server.key.tmp"), pki.path("server.key")).unwrap();
     std::fs::write(pki.path("server.crt.tmp"), &fresh.chain_pem).unwrap();
     std::fs::rename(pki.path("server.crt.tmp"), pki.path("server.crt")).unwrap();
-    wait_until("readyz 200", Duration::from_secs(10), || {
+    wait_for("readyz 200", Duration::from_secs(10), || {
         matches!(http_get(proxy.admin, "/readyz"), Ok((200, _)))
     });
 }
@@ -74,7 +56,7 @@ fn readyz_is_503_with_an_expired_cert_and_200_once_a_valid_one_lands() {
 fn certs_endpoint_lists_our_chain_and_bundle_without_keys() {
     let pki = Pki::new();
     let (issued, _, _) = pki.issue_files("server", &server_leaf());
-    let (config, _) = inbound_config(&pki, "");
+    let config = config(&pki, "");
     let proxy = Proxy::start(pki.dir.path(), &config);
     let (status, body) = http_get(proxy.admin, "/certs").unwrap();
     assert_eq!(status, 200);
@@ -96,8 +78,9 @@ fn certs_endpoint_lists_our_chain_and_bundle_without_keys() {
 fn peer_cert_expiry_min_is_the_soonest_seen_per_listener() {
     let pki = Pki::new();
     pki.issue_files("server", &server_leaf());
-    let (config, addr) = inbound_config(&pki, "");
+    let config = config(&pki, "");
     let proxy = Proxy::start(pki.dir.path(), &config);
+    let addr = proxy.inbound("api");
     let metric = "portcullis_peer_cert_expiration_min_timestamp_seconds";
     assert_eq!(metric_value(&proxy.metrics(), metric, &[]), 0.0);
 
@@ -139,19 +122,19 @@ fn watch_exports_files_folders_and_endpoints_and_follows_changes() {
     std::fs::write(&single, &one.chain_pem).unwrap();
 
     // A TLS endpoint to read: another portcullis inbound listener.
-    let (upstream_config, upstream_addr) = inbound_config(&pki, "");
-    let _upstream = Proxy::start(pki.dir.path(), &upstream_config);
+    let upstream = Proxy::start(pki.dir.path(), &config(&pki, ""));
+    let upstream_addr = upstream.inbound("api");
 
     let watch = format!(
         "[[watch]]\npath = {folder:?}\ninterval = \"1s\"\n\
          [[watch]]\npath = {single:?}\ninterval = \"1s\"\n\
          [[watch]]\nendpoint = \"{upstream_addr}\"\nserver_name = \"proxy.example.org\"\ninterval = \"1s\"\n"
     );
-    let (config, _) = inbound_config(&pki, &watch);
+    let config = config(&pki, &watch);
     let proxy = Proxy::start(pki.dir.path(), &config);
     let expiry = "portcullis_cert_expiration_timestamp_seconds";
     let source = |p: &std::path::Path| format!("source=\"{}\"", p.display());
-    wait_until("watched series", Duration::from_secs(10), || {
+    wait_for("watched series", Duration::from_secs(10), || {
         let m = proxy.metrics();
         metric_value(
             &m,
@@ -217,7 +200,7 @@ fn watch_exports_files_folders_and_endpoints_and_follows_changes() {
         ..Leaf::default()
     });
     std::fs::write(&single, &renewed.chain_pem).unwrap();
-    wait_until("renewed series", Duration::from_secs(10), || {
+    wait_for("renewed series", Duration::from_secs(10), || {
         metric_value(
             &proxy.metrics(),
             expiry,
@@ -236,13 +219,13 @@ fn watch_exports_files_folders_and_endpoints_and_follows_changes() {
 
     // A file deleted from the folder disappears from the metrics.
     std::fs::remove_file(folder.join("two.crt")).unwrap();
-    wait_until("removed series", Duration::from_secs(10), || {
+    wait_for("removed series", Duration::from_secs(10), || {
         !proxy.metrics().contains("two.crt")
     });
 
     // A file that turns to garbage is counted as an error, its last values kept.
     std::fs::write(&single, "garbage").unwrap();
-    wait_until("watch error", Duration::from_secs(10), || {
+    wait_for("watch error", Duration::from_secs(10), || {
         metric_value(
             &proxy.metrics(),
             "portcullis_watch_errors_total",
@@ -284,40 +267,25 @@ fn https_get(
 fn admin_over_mtls_admits_only_allowed_scrapers() {
     let pki = Pki::new();
     pki.issue_files("server", &server_leaf());
-    let admin_port = free_port();
     let backend = echo_backend();
-    let port = free_port();
     // Written by hand: the admin section is the subject here.
     let config = format!(
-        "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\nmtls = true\n\
-         [[admin.allow]]\nspiffe_id = \"spiffe://example.org/ns/monitoring/sa/prometheus\"\n\n{}\n\
-         [[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{backend}\"\n\
-         allow_any_authenticated = true\n",
-        pki.identity_toml("server")
+        "[admin]\nlisten = \"127.0.0.1:0\"\nmtls = true\n\
+         [[admin.allow]]\nspiffe_id = \"spiffe://example.org/ns/monitoring/sa/prometheus\"\n\n{}\n{}",
+        pki.identity_toml("server"),
+        inbound_table("api", backend, "allow_any_authenticated = true")
     );
     let path = pki.path("admin-mtls.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = std::process::Command::new(binary())
-        .args(["run", "-c"])
-        .arg(&path)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let proxy = Proxy::launch(&path);
+    let admin = proxy.admin;
     let scraper = pki
         .intermediate
         .issue(&Leaf::spiffe("ns/monitoring/sa/prometheus"));
     let scraper = client_config(Some(&scraper), &pki.root.cert_pem);
-    let mut result = Err(String::new());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        result = https_get(admin, "/metrics", scraper.clone());
-        if result.is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (status, body) = result.expect("allowed scraper gets /metrics");
+    // Listening since the ready file was written: no retries needed.
+    let (status, body) =
+        https_get(admin, "/metrics", scraper).expect("allowed scraper gets /metrics");
     assert_eq!(status, 200);
     assert!(body.contains("portcullis_build_info"));
 
@@ -331,6 +299,4 @@ fn admin_over_mtls_admits_only_allowed_scrapers() {
     assert!(https_get(admin, "/metrics", client_config(None, &pki.root.cert_pem)).is_err());
     // Plain HTTP gets nothing from an mTLS admin listener.
     assert!(!matches!(http_get(admin, "/metrics"), Ok((200, _))));
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -23,6 +23,8 @@ impl Drop for Bao {
 }
 
 impl Bao {
+    /// On a `free_port`: `bao` takes its address up front and does not
+    /// report one it was given as port 0.
     fn start() -> Bao {
         let addr = format!("127.0.0.1:{}", free_port());
         let child = Command::new("bao")
@@ -145,15 +147,12 @@ fn openbao_issued_certificates_work_through_the_files_source() {
     write_private(&path("tls.key"), &key);
     std::fs::write(path("ca.crt"), &root_pem).unwrap();
 
-    let port = free_port();
     let config = format!(
-        "[identity]\nsource = \"files\"\ncert = \"tls.crt\"\nkey = \"tls.key\"\ntrust_bundle = \"ca.crt\"\n\
-         [[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{}\"\n\
-         [[inbound.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/sa/frontend\"\n",
-        echo_backend()
+        "[identity]\nsource = \"files\"\ncert = \"tls.crt\"\nkey = \"tls.key\"\ntrust_bundle = \"ca.crt\"\n{}",
+        inbound_table("api", echo_backend(), &allow_spiffe("ns/web/sa/frontend"))
     );
     let proxy = Proxy::start(dir.path(), &config);
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = proxy.inbound("api");
 
     let (c, k, _) = bao.issue("spiffe://example.org/ns/web/sa/frontend", None);
     let frontend = client_config(Some(&issued(&c, &k)), &root_pem);

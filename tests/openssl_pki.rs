@@ -337,14 +337,14 @@ impl OpensslPki {
     /// backend; returns it and its inbound address.
     fn start_proxy(&self, key_file: &str, identity_extra: &str) -> (Proxy, SocketAddr) {
         let backend = line_echo_backend();
-        let port = free_port();
         let config = format!(
-            "{identity}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\n\
-             backend = \"{backend}\"\n{FRONTEND_ONLY}",
-            identity = self.identity_toml(key_file, identity_extra),
+            "{}{}",
+            self.identity_toml(key_file, identity_extra),
+            inbound_table("api", backend, FRONTEND_ONLY)
         );
         let proxy = Proxy::start(self.dir.path(), &config);
-        (proxy, format!("127.0.0.1:{port}").parse().unwrap())
+        let addr = proxy.inbound("api");
+        (proxy, addr)
     }
 
     /// A rustls client config presenting `name.crt` / `name.key` and

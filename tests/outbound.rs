@@ -21,27 +21,27 @@ fn upstream(pki: &Pki) -> (Proxy, SocketAddr) {
         },
     );
     let backend = echo_backend();
-    let port = free_port();
     let config = format!(
-        "{}\n[[inbound]]\nname = \"payments\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{backend}\"\n\
+        "{}\n[[inbound]]\nname = \"payments\"\nlisten = \"127.0.0.1:0\"\nbackend = \"{backend}\"\n\
          [[inbound.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/*\"\n",
         pki.identity_toml("payments")
     );
     let proxy = Proxy::start(pki.dir.path(), &config);
-    (proxy, format!("127.0.0.1:{port}").parse().unwrap())
+    let addr = proxy.inbound("payments");
+    (proxy, addr)
 }
 
 /// An outbound proxy ("frontend") dialing `upstream` and expecting `expect`.
 fn outbound(pki: &Pki, upstream: SocketAddr, expect: &str) -> (Proxy, SocketAddr) {
     pki.issue_files("frontend", &Leaf::spiffe("ns/web/sa/frontend"));
-    let port = free_port();
     let config = format!(
-        "{}\n[[outbound]]\nname = \"payments\"\nlisten = \"127.0.0.1:{port}\"\n\
+        "{}\n[[outbound]]\nname = \"payments\"\nlisten = \"127.0.0.1:0\"\n\
          upstream = \"{upstream}\"\nserver_name = \"payments.pay.svc\"\nexpect = {expect}\n",
         pki.identity_toml("frontend")
     );
     let proxy = Proxy::start(pki.dir.path(), &config);
-    (proxy, format!("127.0.0.1:{port}").parse().unwrap())
+    let addr = proxy.outbound("payments");
+    (proxy, addr)
 }
 
 fn plain_echo(addr: SocketAddr) -> std::io::Result<Vec<u8>> {
@@ -151,7 +151,7 @@ fn upstream_from_another_ca_is_refused() {
 #[test]
 fn upstream_down_closes_the_client() {
     let pki = Pki::new();
-    let closed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (_reserved, closed) = closed_port();
     let (out, out_addr) = outbound(
         &pki,
         closed,

@@ -145,13 +145,6 @@ fn local(port: u16) -> SocketAddr {
     format!("127.0.0.1:{port}").parse().unwrap()
 }
 
-/// Replace a file atomically: write aside, rename.
-fn replace(path: &Path, contents: &str) {
-    let tmp = path.with_extension("tmp");
-    write_private(&tmp, contents);
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 /// Problems found so far; the test fails at the end with all of them, so one
 /// run reports every missing metric and every wrong count.
 #[derive(Default)]
@@ -303,13 +296,12 @@ fn promtool_check_metrics(metrics: &str) -> Result<(), String> {
 
 // ------------------------------------------------------------ live /metrics
 
-/// Ports and files of the proxy under test.
+/// Addresses and files of the proxy under test.
 struct Layout {
+    /// The one fixed port (`free_port`): outbound `chain` of the same proxy
+    /// dials it, so it must be known before the proxy starts. Every other
+    /// listener binds port 0.
     api: u16,
-    down: u16,
-    tiny: u16,
-    chain: u16,
-    nowhere: u16,
     echo: SocketAddr,
     closed_backend: SocketAddr,
     closed_upstream: SocketAddr,
@@ -330,31 +322,27 @@ impl Layout {
                 .map(|id| format!("[[inbound.allow]]\nspiffe_id = \"{id}\"\n"))
                 .collect()
         };
+        let expect = format!("{{ spiffe_id = \"{SIDECAR}\" }}");
+        let sni = "server_name = \"proxy.example.org\"";
         format!(
-            "{identity}\n\
-             [[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{api}\"\nbackend = \"{echo}\"\n\
-             reauthorize_on_reload = true\n{api_allow}\n\
-             [[inbound]]\nname = \"down\"\nlisten = \"127.0.0.1:{down}\"\nbackend = \"{closed_backend}\"\n\
-             {frontend}\n\
-             [[inbound]]\nname = \"tiny\"\nlisten = \"127.0.0.1:{tiny}\"\nbackend = \"{echo}\"\n\
-             max_connections = 1\n{frontend}\n\
-             [[outbound]]\nname = \"chain\"\nlisten = \"127.0.0.1:{chain}\"\nupstream = \"127.0.0.1:{api}\"\n\
-             server_name = \"proxy.example.org\"\nexpect = {{ spiffe_id = \"{SIDECAR}\" }}\n\n\
-             [[outbound]]\nname = \"nowhere\"\nlisten = \"127.0.0.1:{nowhere}\"\nupstream = \"{closed_upstream}\"\n\
-             server_name = \"proxy.example.org\"\nexpect = {{ spiffe_id = \"{SIDECAR}\" }}\n\n\
+            "{identity}\n{api}{down}{tiny}{chain}{nowhere}\n\
              [[watch]]\npath = {watched:?}\ninterval = \"1h\"\n\n\
              [[watch]]\npath = {missing:?}\ninterval = \"1h\"\n",
             identity = pki.identity_toml("proxy"),
-            api = self.api,
-            echo = self.echo,
-            api_allow = allow(api_allow),
-            down = self.down,
-            closed_backend = self.closed_backend,
-            frontend = allow(&[FRONTEND]),
-            tiny = self.tiny,
-            chain = self.chain,
-            nowhere = self.nowhere,
-            closed_upstream = self.closed_upstream,
+            api = inbound_table_on(
+                "api",
+                local(self.api),
+                self.echo,
+                &format!("reauthorize_on_reload = true\n{}", allow(api_allow))
+            ),
+            down = inbound_table("down", self.closed_backend, &allow(&[FRONTEND])),
+            tiny = inbound_table(
+                "tiny",
+                self.echo,
+                &format!("max_connections = 1\n{}", allow(&[FRONTEND]))
+            ),
+            chain = outbound_table("chain", local(self.api), &expect, sni),
+            nowhere = outbound_table("nowhere", self.closed_upstream, &expect, sni),
             watched = self.watched,
             missing = self.missing,
         )
@@ -417,15 +405,13 @@ fn metrics_pass_promtool_and_count_exactly_the_traffic() {
         not_after_offset: TimeDuration::days(5),
         ..Leaf::default()
     });
+    let (_closed_backend, closed_backend) = closed_port();
+    let (_closed_upstream, closed_upstream) = closed_port();
     let layout = Layout {
         api: free_port(),
-        down: free_port(),
-        tiny: free_port(),
-        chain: free_port(),
-        nowhere: free_port(),
         echo: echo_backend(),
-        closed_backend: local(free_port()),
-        closed_upstream: local(free_port()),
+        closed_backend,
+        closed_upstream,
         watched: pki.path("watched.pem"),
         missing: pki.path("missing.pem"),
     };
@@ -460,21 +446,21 @@ fn metrics_pass_promtool_and_count_exactly_the_traffic() {
     assert!(untrusted.is_err(), "untrusted CA admitted");
 
     // ---- outbound `chain` -> inbound `api` of the same proxy.
-    let got = plain_exchange(local(layout.chain), b"hello upstream").unwrap();
+    let got = plain_exchange(proxy.outbound("chain"), b"hello upstream").unwrap();
     assert_eq!(got, b"hello upstream");
 
     // ---- inbound `down`: admitted, backend not listening.
-    assert!(echo_roundtrip(local(layout.down), allowed.clone()).is_err());
+    assert!(echo_roundtrip(proxy.inbound("down"), allowed.clone()).is_err());
 
     // ---- outbound `nowhere`: upstream not listening.
-    assert!(plain_exchange(local(layout.nowhere), b"x")
+    assert!(plain_exchange(proxy.outbound("nowhere"), b"x")
         .unwrap_or_default()
         .is_empty());
 
     // ---- inbound `tiny` (max_connections = 1): one silent connection holds
     // the slot, a second is closed at accept, then the first leaves
     // mid-handshake.
-    let holder = TcpStream::connect(local(layout.tiny)).unwrap();
+    let holder = TcpStream::connect(proxy.inbound("tiny")).unwrap();
     expect_values(
         &proxy,
         &[want(
@@ -485,7 +471,7 @@ fn metrics_pass_promtool_and_count_exactly_the_traffic() {
         Duration::from_secs(5),
         &mut report,
     );
-    let mut refused = TcpStream::connect(local(layout.tiny)).unwrap();
+    let mut refused = TcpStream::connect(proxy.inbound("tiny")).unwrap();
     refused
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
@@ -661,8 +647,8 @@ fn metrics_pass_promtool_and_count_exactly_the_traffic() {
 
     // ---- rotation: a new certificate installed, then garbage refused.
     let rotated = pki.intermediate.issue(&proxy_leaf(0x5252));
-    replace(&pki.path("proxy.key"), &rotated.key_pem);
-    replace(&pki.path("proxy.crt"), &rotated.chain_pem);
+    replace_atomically(&pki.path("proxy.key"), &rotated.key_pem);
+    replace_atomically(&pki.path("proxy.crt"), &rotated.chain_pem);
     let mut rotated_wants = vec![want(
         "portcullis_cert_rotations_total",
         &["result=\"success\""],
@@ -670,7 +656,7 @@ fn metrics_pass_promtool_and_count_exactly_the_traffic() {
     )];
     rotated_wants.extend(cert_series("leaf", &summary(&rotated.cert_der), "identity"));
     expect_values(&proxy, &rotated_wants, Duration::from_secs(10), &mut report);
-    replace(
+    replace_atomically(
         &pki.path("proxy.crt"),
         "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
     );
@@ -695,11 +681,7 @@ fn metrics_pass_promtool_and_count_exactly_the_traffic() {
     let mut buf = [0u8; 4];
     live.read_exact(&mut buf).unwrap();
     let before_reload = unix_now();
-    let admin_section = format!("[admin]\nlisten = \"{}\"\n\n", proxy.admin);
-    replace(
-        &proxy.config_path,
-        &format!("{admin_section}{}", layout.config(&pki, &[SIDECAR])),
-    );
+    proxy.rewrite_config(&layout.config(&pki, &[SIDECAR]));
     expect_values(
         &proxy,
         &[
@@ -729,10 +711,7 @@ fn metrics_pass_promtool_and_count_exactly_the_traffic() {
         last_success >= before_reload as f64 && last_success <= unix_now() as f64,
         || format!("last reload success {last_success}, reload at {before_reload}"),
     );
-    replace(
-        &proxy.config_path,
-        &format!("{admin_section}[identity]\nsource = \"nowhere\"\n"),
-    );
+    proxy.rewrite_config("[identity]\nsource = \"nowhere\"\n");
     let metrics = expect_values(
         &proxy,
         &[
@@ -812,6 +791,7 @@ impl PrometheusServer {
             ),
         )
         .unwrap();
+        // A fixed port: prometheus does not report one given as port 0.
         let addr = local(free_port());
         let log = dir.path().join("prometheus.log");
         let log_file = std::fs::File::create(&log).unwrap();
@@ -916,12 +896,10 @@ fn prometheus_scrapes_the_not_after_of_the_certificate_in_use() {
     }
     let pki = Pki::new();
     let (issued, _, _) = pki.issue_files("proxy", &proxy_leaf(0x6161));
-    let port = free_port();
     let config = format!(
-        "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{}\"\n\
-         [[inbound.allow]]\nspiffe_id = \"{FRONTEND}\"\n",
+        "{}{}",
         pki.identity_toml("proxy"),
-        echo_backend()
+        inbound_table("api", echo_backend(), &allow_spiffe("ns/web/sa/frontend"))
     );
     let proxy = Proxy::start(pki.dir.path(), &config);
     let prometheus = PrometheusServer::start(proxy.admin);

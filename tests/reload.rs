@@ -10,7 +10,6 @@ mod common;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -58,18 +57,22 @@ impl Setup {
     }
 }
 
-/// An `[[inbound]]` table; `extra` goes into the table itself, then one allow
-/// rule per SPIFFE path in `allow`.
-fn inbound(name: &str, port: u16, backend: SocketAddr, allow: &[&str], extra: &str) -> String {
-    let mut table = format!(
-        "\n[[inbound]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{backend}\"\n{extra}\n"
-    );
-    for path in allow {
-        table.push_str(&format!(
-            "[[inbound.allow]]\nspiffe_id = \"spiffe://{TD}/{path}\"\n"
-        ));
-    }
-    table
+/// An `[[inbound]]` table on port 0; `extra` goes into the table itself,
+/// then one allow rule per SPIFFE path in `allow`.
+fn inbound(name: &str, backend: SocketAddr, allow: &[&str], extra: &str) -> String {
+    inbound_on(name, local(0), backend, allow, extra)
+}
+
+/// [`inbound`] on `listen`, for the tests about a given address.
+fn inbound_on(
+    name: &str,
+    listen: SocketAddr,
+    backend: SocketAddr,
+    allow: &[&str],
+    extra: &str,
+) -> String {
+    let rules: String = allow.iter().map(|path| allow_spiffe(path)).collect();
+    inbound_table_on(name, listen, backend, &format!("{extra}\n{rules}"))
 }
 
 fn drain_timeout(value: &str) -> String {
@@ -78,23 +81,6 @@ fn drain_timeout(value: &str) -> String {
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// Replace a file the way editors and config managers do: write aside, rename.
-fn replace_atomically(path: &Path, contents: &str) {
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// Rewrite the proxy's config file with `body`, keeping the `[admin]` header
-/// that `Proxy::start` put first.
-fn rewrite_config(proxy: &Proxy, body: &str) {
-    let current = std::fs::read_to_string(&proxy.config_path).unwrap();
-    let (admin, _) = current
-        .split_once("\n\n")
-        .expect("the config starts with an [admin] section");
-    replace_atomically(&proxy.config_path, &format!("{admin}\n\n{body}"));
 }
 
 /// Minimal HTTP/1.0 POST without a body; returns (status, body).
@@ -204,20 +190,6 @@ fn echo(stream: &mut Client, data: &[u8]) {
     }
 }
 
-/// Poll `condition` every 20 ms until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Wait until the proxy closes `stream` (EOF or an error other than the read
 /// timeout); returns how long that took, or an error if it stayed open for
 /// `limit` or sent data.
@@ -243,48 +215,12 @@ fn refused(addr: SocketAddr) -> bool {
     )
 }
 
-/// Start `portcullis run -c path` (the file must carry `[admin] listen =
-/// admin`) and wait until `/readyz` answers 200.
-fn start_at(path: &Path, admin: SocketAddr) -> Proxy {
-    let mut child = Command::new(binary())
-        .args(["run", "-c"])
-        .arg(path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    let mut proxy = Proxy {
-        child,
-        admin,
-        log,
-        config_path: path.to_path_buf(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(Some(status)) = proxy.child.try_wait() {
-            panic!("portcullis exited early ({status}); log:\n{}", proxy.logs());
-        }
-        if let Ok((200, _)) = http_get(admin, "/readyz") {
-            return proxy;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "portcullis not ready in 15s; log:\n{}",
-            proxy.logs()
-        );
-        std::thread::sleep(Duration::from_millis(30));
-    }
+/// Start `portcullis run -c path` (the file carries its own `[admin]`) and
+/// wait until `/readyz` answers 200.
+fn start_at(path: &Path) -> Proxy {
+    let mut proxy = Proxy::launch(path);
+    proxy.wait_ready();
+    proxy
 }
 
 // ------------------------------------------------------------ under load
@@ -296,17 +232,16 @@ const RELOADS: usize = 100;
 fn reload_under_load() {
     let setup = Setup::new();
     let backend = echo_backend();
-    let port = free_port();
-    let listen = local(port);
     let config = |extra: &str| {
         format!(
             "{}{}",
             setup.identity(),
-            inbound("api", port, backend, &[FRONTEND, extra], "")
+            inbound("api", backend, &[FRONTEND, extra], "")
         )
     };
     let (config_a, config_b) = (config(X), config(Y));
     let proxy = Proxy::start(setup.pki.dir.path(), &config_a);
+    let listen = proxy.inbound("api");
     assert!(admitted(listen, &setup.x) && !admitted(listen, &setup.y));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -375,7 +310,7 @@ fn reload_under_load() {
     for i in 0..RELOADS {
         // B, A, B, ...: x is admitted under A only, y under B only.
         let b = i % 2 == 0;
-        rewrite_config(&proxy, if b { &config_b } else { &config_a });
+        proxy.rewrite_config(if b { &config_b } else { &config_a });
         reload_ok(&proxy);
         let x = admitted(listen, &setup.x);
         let y = admitted(listen, &setup.y);
@@ -415,6 +350,8 @@ fn reload_under_load() {
     // The file watcher may have reloaded too; the 100 POSTs all succeeded.
     assert!(reloads(&proxy, "success") >= RELOADS as f64);
     assert_eq!(reloads(&proxy, "failure"), 0.0);
+    // Port 0, unchanged in the file: the listener kept the port it got.
+    assert_eq!(proxy.inbound("api"), listen);
 }
 
 // ------------------------------------------------------- invalid configs
@@ -423,11 +360,10 @@ fn reload_under_load() {
 fn invalid_configs_keep_the_old_one() {
     let setup = Setup::new();
     let backend = echo_backend();
-    let port = free_port();
-    let listen = local(port);
-    let listener = inbound("api", port, backend, &[FRONTEND], "");
+    let listener = inbound("api", backend, &[FRONTEND], "");
     let good = format!("{}{listener}", setup.identity());
     let proxy = Proxy::start(setup.pki.dir.path(), &good);
+    let listen = proxy.inbound("api");
 
     let blocker = TcpListener::bind("127.0.0.1:0").unwrap();
     let blocked = blocker.local_addr().unwrap();
@@ -449,7 +385,7 @@ fn invalid_configs_keep_the_old_one() {
             format!(
                 "{}{}",
                 setup.identity(),
-                inbound("api", port, backend, &[FRONTEND], "colour = \"blue\"")
+                inbound("api", backend, &[FRONTEND], "colour = \"blue\"")
             ),
             vec!["unknown field `colour`".into()],
         ),
@@ -467,7 +403,7 @@ fn invalid_configs_keep_the_old_one() {
             "listener on a port in use",
             format!(
                 "{good}{}",
-                inbound("extra", blocked.port(), backend, &[FRONTEND], "")
+                inbound_on("extra", blocked, backend, &[FRONTEND], "")
             ),
             vec!["\"extra\"".into(), blocked.to_string(), "in use".into()],
         ),
@@ -480,7 +416,7 @@ fn invalid_configs_keep_the_old_one() {
     let mut failures = reloads(&proxy, "failure");
     assert_eq!(failures, 0.0);
     for (what, body, reasons) in cases {
-        rewrite_config(&proxy, &body);
+        proxy.rewrite_config(&body);
         // The file watcher sees the new content and tries it: one failure.
         assert!(
             wait_until(Duration::from_secs(5), || reloads(&proxy, "failure")
@@ -514,7 +450,7 @@ fn invalid_configs_keep_the_old_one() {
     assert!(refused(blocked), "a listener was started on {blocked}");
 
     // A good file again: the watcher or the POST applies it.
-    rewrite_config(&proxy, &good);
+    proxy.rewrite_config(&good);
     reload_ok(&proxy);
     assert!(reloads(&proxy, "success") >= 1.0);
     assert!(last_success(&proxy) > stamp);
@@ -527,25 +463,28 @@ fn invalid_configs_keep_the_old_one() {
 fn added_listener_serves_and_removed_listener_drains() {
     let setup = Setup::new();
     let backend = echo_backend();
-    let (pa, pb) = (free_port(), free_port());
     let drain = drain_timeout("30s");
-    let a = inbound("a", pa, backend, &[FRONTEND], "");
-    let b = inbound("b", pb, backend, &[FRONTEND], "");
+    let a = inbound("a", backend, &[FRONTEND], "");
+    let b = inbound("b", backend, &[FRONTEND], "");
     let identity = setup.identity();
     let proxy = Proxy::start(setup.pki.dir.path(), &format!("{identity}{drain}{a}"));
-    assert!(refused(local(pb)));
+    let pa = proxy.inbound("a");
+    assert!(proxy.listeners()["inbound"].get("b").is_none());
 
-    rewrite_config(&proxy, &format!("{identity}{drain}{a}{b}"));
+    proxy.rewrite_config(&format!("{identity}{drain}{a}{b}"));
     reload_reports(&proxy, "added inbound b");
-    echo_roundtrip(local(pb), setup.frontend.clone()).expect("added listener b serves");
-    echo_roundtrip(local(pa), setup.frontend.clone()).expect("listener a still serves");
+    // The reload told the ready file where b went, and kept a's port.
+    let pb = proxy.inbound("b");
+    assert_eq!(proxy.inbound("a"), pa);
+    echo_roundtrip(pb, setup.frontend.clone()).expect("added listener b serves");
+    echo_roundtrip(pa, setup.frontend.clone()).expect("listener a still serves");
 
-    let mut live = open(local(pa), &setup.frontend);
-    rewrite_config(&proxy, &format!("{identity}{drain}{b}"));
+    let mut live = open(pa, &setup.frontend);
+    proxy.rewrite_config(&format!("{identity}{drain}{b}"));
     reload_reports(&proxy, "removed inbound a");
     let reloaded = Instant::now();
     assert!(
-        wait_until(Duration::from_secs(2), || refused(local(pa))),
+        wait_until(Duration::from_secs(2), || refused(pa)),
         "new connections to the removed listener's port are not refused"
     );
     assert!(reloaded.elapsed() < Duration::from_secs(2));
@@ -555,7 +494,8 @@ fn added_listener_serves_and_removed_listener_drains() {
         echo(&mut live, format!("draining {i}").as_bytes());
         std::thread::sleep(Duration::from_millis(200));
     }
-    echo_roundtrip(local(pb), setup.frontend.clone()).expect("listener b still serves");
+    echo_roundtrip(pb, setup.frontend.clone()).expect("listener b still serves");
+    assert!(proxy.listeners()["inbound"].get("a").is_none());
     assert_eq!(
         metric_value(
             &proxy.metrics(),
@@ -570,18 +510,18 @@ fn added_listener_serves_and_removed_listener_drains() {
 fn removed_listener_closes_live_connections_after_drain_timeout() {
     let setup = Setup::new();
     let backend = echo_backend();
-    let (pa, pb) = (free_port(), free_port());
     let drain = drain_timeout("1s");
-    let a = inbound("a", pa, backend, &[FRONTEND], "");
-    let b = inbound("b", pb, backend, &[FRONTEND], "");
+    let a = inbound("a", backend, &[FRONTEND], "");
+    let b = inbound("b", backend, &[FRONTEND], "");
     let identity = setup.identity();
     let proxy = Proxy::start(setup.pki.dir.path(), &format!("{identity}{drain}{a}{b}"));
+    let (pa, pb) = (proxy.inbound("a"), proxy.inbound("b"));
 
-    let mut live = open(local(pa), &setup.frontend);
+    let mut live = open(pa, &setup.frontend);
     // Measured from before the file changes: whichever trigger applies it,
     // the drain starts after this.
     let reloaded = Instant::now();
-    rewrite_config(&proxy, &format!("{identity}{drain}{b}"));
+    proxy.rewrite_config(&format!("{identity}{drain}{b}"));
     reload_reports(&proxy, "removed inbound a");
     echo(&mut live, b"still draining");
     let closed = wait_closed(&mut live, Duration::from_secs(6))
@@ -592,8 +532,8 @@ fn removed_listener_closes_live_connections_after_drain_timeout() {
         "closed {after:?} after the reload, before the 1s drain timeout"
     );
     assert!(closed < Duration::from_secs(6));
-    assert!(refused(local(pa)));
-    echo_roundtrip(local(pb), setup.frontend.clone()).expect("listener b still serves");
+    assert!(refused(pa));
+    echo_roundtrip(pb, setup.frontend.clone()).expect("listener b still serves");
 }
 
 // ------------------------------------------------------ changed listener
@@ -646,24 +586,24 @@ fn ask(stream: &mut Client, line: &str) -> String {
 fn changed_listener_applies_to_new_connections_only() {
     let setup = Setup::new();
     let (one, two) = (prefix_backend("one:"), prefix_backend("two:"));
-    let port = free_port();
     let identity = setup.identity();
     let proxy = Proxy::start(
         setup.pki.dir.path(),
-        &format!("{identity}{}", inbound("api", port, one, &[FRONTEND], "")),
+        &format!("{identity}{}", inbound("api", one, &[FRONTEND], "")),
     );
+    let listen = proxy.inbound("api");
 
-    let mut before = tls_connect(local(port), SERVER_NAME, setup.frontend.clone()).unwrap();
+    let mut before = tls_connect(listen, SERVER_NAME, setup.frontend.clone()).unwrap();
     assert_eq!(ask(&mut before, "hello"), "one:hello");
 
-    rewrite_config(
-        &proxy,
-        &format!("{identity}{}", inbound("api", port, two, &[FRONTEND], "")),
-    );
+    proxy.rewrite_config(&format!(
+        "{identity}{}",
+        inbound("api", two, &[FRONTEND], "")
+    ));
     reload_reports(&proxy, "changed inbound api");
 
     assert_eq!(ask(&mut before, "again"), "one:again");
-    let mut after = tls_connect(local(port), SERVER_NAME, setup.frontend.clone()).unwrap();
+    let mut after = tls_connect(listen, SERVER_NAME, setup.frontend.clone()).unwrap();
     assert_eq!(ask(&mut after, "hello"), "two:hello");
     assert_eq!(ask(&mut before, "still"), "one:still");
     assert_eq!(ask(&mut after, "still"), "two:still");
@@ -684,8 +624,6 @@ struct Reauthorized {
 fn live_x_and_y_then_allow_only_y(reauthorize: bool) -> Reauthorized {
     let setup = Setup::new();
     let backend = echo_backend();
-    let port = free_port();
-    let listen = local(port);
     let extra = if reauthorize {
         "reauthorize_on_reload = true"
     } else {
@@ -694,17 +632,15 @@ fn live_x_and_y_then_allow_only_y(reauthorize: bool) -> Reauthorized {
     let identity = setup.identity();
     let proxy = Proxy::start(
         setup.pki.dir.path(),
-        &format!(
-            "{identity}{}",
-            inbound("api", port, backend, &[X, Y], extra)
-        ),
+        &format!("{identity}{}", inbound("api", backend, &[X, Y], extra)),
     );
+    let listen = proxy.inbound("api");
     let xs: Vec<Client> = (0..3).map(|_| open(listen, &setup.x)).collect();
     let ys: Vec<Client> = (0..2).map(|_| open(listen, &setup.y)).collect();
-    rewrite_config(
-        &proxy,
-        &format!("{identity}{}", inbound("api", port, backend, &[Y], extra)),
-    );
+    proxy.rewrite_config(&format!(
+        "{identity}{}",
+        inbound("api", backend, &[Y], extra)
+    ));
     reload_reports(
         &proxy,
         if reauthorize {
@@ -783,14 +719,11 @@ fn without_reauthorize_live_connections_survive_a_stricter_policy() {
 fn configmap_symlink_swap() {
     let setup = Setup::new();
     let backend = echo_backend();
-    let port = free_port();
-    let listen = local(port);
-    let admin = local(free_port());
     let config = |allow: &str| {
         format!(
-            "[admin]\nlisten = \"{admin}\"\n\n{}{}",
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}{}",
             setup.identity(),
-            inbound("api", port, backend, &[FRONTEND, allow], "")
+            inbound("api", backend, &[FRONTEND, allow], "")
         )
     };
     // The layout kubelet gives a mounted ConfigMap.
@@ -801,7 +734,8 @@ fn configmap_symlink_swap() {
     std::os::unix::fs::symlink("..2026_a", root.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/config.toml", root.join("config.toml")).unwrap();
 
-    let proxy = start_at(&root.join("config.toml"), admin);
+    let proxy = start_at(&root.join("config.toml"));
+    let listen = proxy.inbound("api");
     assert!(admitted(listen, &setup.x) && !admitted(listen, &setup.y));
     assert_eq!(reloads(&proxy, "success"), 0.0);
 
@@ -828,14 +762,11 @@ fn configmap_symlink_swap() {
 fn sighup_reloads() {
     let setup = Setup::new();
     let backend = echo_backend();
-    let port = free_port();
-    let listen = local(port);
-    let admin = local(free_port());
     let config = |allow: &str| {
         format!(
-            "[admin]\nlisten = \"{admin}\"\n\n{}{}",
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}{}",
             setup.identity(),
-            inbound("api", port, backend, &[FRONTEND, allow], "")
+            inbound("api", backend, &[FRONTEND, allow], "")
         )
     };
     // The proxy reads `watched/config.toml`, a symlink to a file in another
@@ -847,7 +778,8 @@ fn sighup_reloads() {
     std::fs::write(&target, config(X)).unwrap();
     let path = watched.path().join("config.toml");
     std::os::unix::fs::symlink(&target, &path).unwrap();
-    let proxy = start_at(&path, admin);
+    let proxy = start_at(&path);
+    let listen = proxy.inbound("api");
     assert!(admitted(listen, &setup.x) && !admitted(listen, &setup.y));
 
     replace_atomically(&target, &config(Y));
@@ -884,26 +816,33 @@ fn sighup_reloads() {
 fn moving_a_listener_onto_an_address_freed_in_the_same_reload_fails() {
     let setup = Setup::new();
     let backend = echo_backend();
-    let (pa, pb) = (free_port(), free_port());
     let identity = setup.identity();
-    let a_on = |port| inbound("a", port, backend, &[FRONTEND], "");
-    let b = inbound("b", pb, backend, &[FRONTEND], "");
-    let proxy = Proxy::start(setup.pki.dir.path(), &format!("{identity}{}{b}", a_on(pa)));
+    let a_on = |listen| inbound_on("a", listen, backend, &[FRONTEND], "");
+    let b = inbound("b", backend, &[FRONTEND], "");
+    let proxy = Proxy::start(
+        setup.pki.dir.path(),
+        &format!("{identity}{}{b}", a_on(local(0))),
+    );
+    let (pa, pb) = (proxy.inbound("a"), proxy.inbound("b"));
 
     // Remove b and move a onto b's address at once: a's new socket is bound
     // before b's is released, so the reload fails and nothing changes.
-    rewrite_config(&proxy, &format!("{identity}{}", a_on(pb)));
+    proxy.rewrite_config(&format!("{identity}{}", a_on(pb)));
     let (status, answer) = post_reload(&proxy);
     assert_eq!(status, 422, "{answer}");
-    assert!(answer.contains(&format!("127.0.0.1:{pb}")), "{answer}");
-    echo_roundtrip(local(pa), setup.frontend.clone()).expect("a still on its old port");
-    echo_roundtrip(local(pb), setup.frontend.clone()).expect("b still serves");
+    assert!(answer.contains(&pb.to_string()), "{answer}");
+    echo_roundtrip(pa, setup.frontend.clone()).expect("a still on its old port");
+    echo_roundtrip(pb, setup.frontend.clone()).expect("b still serves");
 
-    // In two steps it works: free the address, then take it.
-    rewrite_config(&proxy, &format!("{identity}{}", a_on(pa)));
-    reload_reports(&proxy, "removed inbound b");
-    rewrite_config(&proxy, &format!("{identity}{}", a_on(pb)));
+    // In two steps it works: free the address, then take it. Writing the
+    // port a got into the file keeps a's socket.
+    proxy.rewrite_config(&format!("{identity}{}", a_on(pa)));
+    let answer = reload_reports(&proxy, "removed inbound b");
+    assert!(!answer.contains("added inbound a"), "{answer}");
+    assert_eq!(proxy.inbound("a"), pa);
+    proxy.rewrite_config(&format!("{identity}{}", a_on(pb)));
     reload_reports(&proxy, "added inbound a");
-    echo_roundtrip(local(pb), setup.frontend.clone()).expect("a on its new port");
-    assert!(wait_until(Duration::from_secs(2), || refused(local(pa))));
+    assert_eq!(proxy.inbound("a"), pb);
+    echo_roundtrip(pb, setup.frontend.clone()).expect("a on its new port");
+    assert!(wait_until(Duration::from_secs(2), || refused(pa)));
 }

@@ -130,15 +130,17 @@ fn start(listener_extra: &str) -> Target {
     });
     let (client_cert, client_key) = scanner.write(pki.dir.path(), "client");
     let (backend, backend_connections) = counting_backend();
-    let port = free_port();
+    let body = format!(
+        "handshake_timeout = \"5s\"\n{listener_extra}\n\
+         [[inbound.allow]]\nspiffe_id = \"{FRONTEND_ID}\"\n"
+    );
     let config = format!(
-        "{identity}\n\
-         [[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{backend}\"\n\
-         handshake_timeout = \"5s\"\n{listener_extra}\n\
-         [[inbound.allow]]\nspiffe_id = \"{FRONTEND_ID}\"\n",
-        identity = pki.identity_toml("server"),
+        "{}{}",
+        pki.identity_toml("server"),
+        inbound_table("api", backend, &body)
     );
     let proxy = Proxy::start(pki.dir.path(), &config);
+    let port = proxy.inbound("api").port();
     Target {
         proxy,
         port,

@@ -293,35 +293,73 @@ impl Pki {
 
 /// Issue the proxy's own certificate (`server.crt`: DNS `proxy.example.org`,
 /// SPIFFE ID `ns/api/sa/server`) and write the config of one inbound
-/// listener `api` in front of `backend`: `global_extra` goes before the
-/// `[[inbound]]` table, `listener_body` inside it (its keys, then its allow
-/// rules). Returns the config text and the listener's address.
+/// listener `api` on port 0 in front of `backend`: `global_extra` goes
+/// before the `[[inbound]]` table, `listener_body` inside it (its keys, then
+/// its allow rules). The address it gets is `Proxy::inbound("api")`.
 pub fn inbound_config(
     pki: &Pki,
     backend: SocketAddr,
     global_extra: &str,
     listener_body: &str,
-) -> (String, SocketAddr) {
-    pki.issue_files(
-        "server",
-        &Leaf {
-            dns: vec!["proxy.example.org".into()],
-            ..Leaf::spiffe("ns/api/sa/server")
-        },
-    );
-    let port = free_port();
-    let config = format!(
-        "{identity}\n{global_extra}\n\
-         [[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"{backend}\"\n\
-         {listener_body}\n",
-        identity = pki.identity_toml("server"),
-    );
-    (config, format!("127.0.0.1:{port}").parse().unwrap())
+) -> String {
+    pki.issue_files("server", &server_leaf());
+    format!(
+        "{}\n{global_extra}\n{}",
+        pki.identity_toml("server"),
+        inbound_table("api", backend, listener_body)
+    )
+}
+
+/// An `[[inbound]]` table `name` on port 0 in front of `backend`; `body`
+/// goes inside it (its keys, then its `[[inbound.allow]]` rules).
+pub fn inbound_table(name: &str, backend: SocketAddr, body: &str) -> String {
+    inbound_table_on(name, SocketAddr::from(([127, 0, 0, 1], 0)), backend, body)
+}
+
+/// [`inbound_table`] on a given address, for the few tests about one.
+pub fn inbound_table_on(name: &str, listen: SocketAddr, backend: SocketAddr, body: &str) -> String {
+    format!(
+        "\n[[inbound]]\nname = \"{name}\"\nlisten = \"{listen}\"\nbackend = \"{backend}\"\n{body}\n"
+    )
+}
+
+/// An `[[outbound]]` table `name` on port 0 dialing `upstream`, expecting
+/// `expect` (an inline table); `body` goes inside it.
+pub fn outbound_table(
+    name: &str,
+    upstream: impl std::fmt::Display,
+    expect: &str,
+    body: &str,
+) -> String {
+    format!(
+        "\n[[outbound]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n\
+         expect = {expect}\n{body}\n"
+    )
+}
+
+/// An allow rule admitting `spiffe://example.org/{path}`.
+pub fn allow_spiffe(path: &str) -> String {
+    format!("[[inbound.allow]]\nspiffe_id = \"spiffe://{TD}/{path}\"\n")
+}
+
+/// The proxy's own certificate in [`inbound_config`]: DNS
+/// `proxy.example.org`, SPIFFE ID `ns/api/sa/server`.
+pub fn server_leaf() -> Leaf {
+    Leaf {
+        dns: vec!["proxy.example.org".into()],
+        ..Leaf::spiffe("ns/api/sa/server")
+    }
 }
 
 /// A port that was free a moment ago. Chosen at random below the kernel's
 /// ephemeral range (32768+), so it cannot collide with a client socket's
 /// source port, and checked by binding it.
+///
+/// Only for a server that must come back on the same address after a
+/// restart and cannot report a port-0 address (the CA server in
+/// `ca_rotation.rs`, an external tool): between the check and the server's
+/// own bind another test may take the port. Everything the proxy binds
+/// uses port 0 and the ready file instead; see [`Proxy`].
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static STATE: AtomicU64 = AtomicU64::new(0);
@@ -349,12 +387,28 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// A running `portcullis` process; killed on drop.
+/// A loopback address where nothing listens, reserved for as long as the
+/// returned socket lives: it is bound but never listening, so a connection
+/// is refused and no other test can take the port meanwhile.
+pub fn closed_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
+/// A running `portcullis run`; killed on drop.
+///
+/// Every listener the tests give it binds port 0, and the proxy reports the
+/// ports it got in its `--ready-file`: no two tests can race for a port.
 pub struct Proxy {
     pub child: Child,
+    /// The admin listener, as the ready file reports it.
     pub admin: SocketAddr,
     pub log: Arc<Mutex<String>>,
     pub config_path: PathBuf,
+    /// Holds the ready file, apart from the config (whose folder is watched).
+    ready_dir: tempfile::TempDir,
 }
 
 /// Path of the binary under test.
@@ -363,59 +417,77 @@ pub fn binary() -> &'static str {
 }
 
 impl Proxy {
-    /// Start `portcullis run` with `config` (an `[admin]` section is added)
-    /// and wait until `/readyz` answers 200.
+    /// Start `portcullis run` with `config` (an `[admin]` section on port 0
+    /// is put first) and wait until `/readyz` answers 200.
     pub fn start(dir: &Path, config: &str) -> Proxy {
-        let mut proxy = Proxy::spawn(dir, config);
+        let mut proxy = Proxy::start_unready(dir, config);
         proxy.wait_ready();
         proxy
     }
 
-    /// Start `portcullis run` and wait only until `/healthz` answers (the
-    /// proxy may be alive but not ready).
+    /// Start `portcullis run` and wait only until every listener is bound
+    /// (the proxy may be alive but not ready).
     pub fn start_unready(dir: &Path, config: &str) -> Proxy {
-        let proxy = Proxy::spawn(dir, config);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok((200, _)) = http_get(proxy.admin, "/healthz") {
-                return proxy;
-            }
-            std::thread::sleep(Duration::from_millis(30));
-        }
-        panic!("portcullis not alive in 15s; log:\n{}", proxy.logs());
+        Proxy::launch(&write_proxy_config(dir, config))
     }
 
-    fn spawn(dir: &Path, config: &str) -> Proxy {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let text = format!("[admin]\nlisten = \"{admin}\"\n\n{config}");
-        let config_path = dir.join(format!("portcullis-{}.toml", admin.port()));
-        std::fs::write(&config_path, text).unwrap();
-        let mut child = Command::new(binary())
+    /// Start `portcullis run` on a config file the caller wrote, `[admin]`
+    /// included, and wait until every listener is bound.
+    pub fn launch(config_path: &Path) -> Proxy {
+        Proxy::launch_with(Command::new(binary()), config_path)
+    }
+
+    /// Like [`Proxy::launch`], through `command`, to which the arguments
+    /// `run -c CONFIG --ready-file FILE` are added: the binary itself, or a
+    /// wrapper such as `sh -c 'ulimit -n 64 && exec "$@"' sh BINARY`.
+    pub fn launch_with(mut command: Command, config_path: &Path) -> Proxy {
+        let ready_dir = tempfile::tempdir().unwrap();
+        let ready_file = ready_dir.path().join("ready.json");
+        let mut child = command
             .args(["run", "-c"])
-            .arg(&config_path)
+            .arg(config_path)
+            .arg("--ready-file")
+            .arg(&ready_file)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&line);
-                sink.lock().unwrap().push('\n');
+        let log = collect_lines(child.stderr.take().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let admin = loop {
+            if let Ok(text) = std::fs::read_to_string(&ready_file) {
+                let bound: serde_json::Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("ready file {text:?}: {e}"));
+                break address(&bound["admin"])
+                    .unwrap_or_else(|| panic!("the ready file names no admin listener: {text}"));
             }
-        });
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "portcullis exited early ({status}); log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "portcullis did not bind its listeners in 15s; log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         Proxy {
             child,
             admin,
             log,
-            config_path,
+            config_path: config_path.to_path_buf(),
+            ready_dir,
         }
     }
 
-    fn wait_ready(&mut self) {
+    /// Wait until `/readyz` answers 200.
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -429,20 +501,37 @@ impl Proxy {
         panic!("portcullis not ready in 15s; log:\n{}", self.logs());
     }
 
+    /// Where the proxy says its listeners are now: the ready file, which a
+    /// reload that moves a listener rewrites before it answers.
+    pub fn listeners(&self) -> serde_json::Value {
+        let path = self.ready_dir.path().join("ready.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The address of inbound listener `name`.
+    pub fn inbound(&self, name: &str) -> SocketAddr {
+        self.listener("inbound", name)
+    }
+
+    /// The address of outbound listener `name`.
+    pub fn outbound(&self, name: &str) -> SocketAddr {
+        self.listener("outbound", name)
+    }
+
+    fn listener(&self, kind: &str, name: &str) -> SocketAddr {
+        let bound = self.listeners();
+        address(&bound[kind][name])
+            .unwrap_or_else(|| panic!("no {kind} listener {name:?} in {bound}"))
+    }
+
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
     /// Wait until the log contains `needle` (true) or `timeout` passes (false).
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.logs().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        wait_until(timeout, || self.logs().contains(needle))
     }
 
     pub fn metrics(&self) -> String {
@@ -452,6 +541,79 @@ impl Proxy {
     /// Send SIGTERM.
     pub fn terminate(&self) {
         unsafe_kill(self.child.id(), "TERM");
+    }
+}
+
+impl Proxy {
+    /// Replace the config file of a proxy started with [`Proxy::start`] by
+    /// `body` after the same `[admin]` section (on port 0, as before), the
+    /// way config managers do: written aside, then renamed over.
+    pub fn rewrite_config(&self, body: &str) {
+        replace_atomically(&self.config_path, &format!("{ADMIN_ON_PORT_0}{body}"));
+    }
+}
+
+/// The `[admin]` section [`Proxy::start`] puts first.
+const ADMIN_ON_PORT_0: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n\n";
+
+/// Replace a file the way editors, agents and config managers do: write
+/// the new content aside (readable by the owner only, as a key must be),
+/// then rename it over the old one, so a reader never sees half of it.
+pub fn replace_atomically(path: &Path, contents: &str) {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".tmp");
+    let aside = PathBuf::from(aside);
+    write_private(&aside, contents);
+    std::fs::rename(&aside, path).unwrap();
+}
+
+/// `"127.0.0.1:8443"` in a ready file.
+fn address(value: &serde_json::Value) -> Option<SocketAddr> {
+    value.as_str()?.parse().ok()
+}
+
+/// Write `config` after an `[admin]` section on port 0 into a new file in
+/// `dir`; returns its path.
+pub fn write_proxy_config(dir: &Path, config: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let path = dir.join(format!("portcullis-{}-{n}.toml", std::process::id()));
+    std::fs::write(&path, format!("{ADMIN_ON_PORT_0}{config}")).unwrap();
+    path
+}
+
+/// Collect the lines of a child's output as they come, in a thread.
+pub fn collect_lines(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    log
+}
+
+/// Wait until `check` holds; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, check: impl FnMut() -> bool) {
+    assert!(wait_until(timeout, check), "timed out waiting for {what}");
+}
+
+/// Poll `condition` every 20 ms until it holds (true) or `timeout` passes
+/// (false).
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
