@@ -60,13 +60,14 @@ impl Fixture {
         let pki = Pki::new();
         let crl = pki.path("intermediate.crl");
         std::fs::write(&crl, pki.intermediate.crl(&[REVOKED_SERIAL])).unwrap();
-        let (config, addr) = inbound_config(
+        let config = inbound_config(
             &pki,
             echo_backend(),
             &format!("crls = [{crl:?}]\n"),
             &format!("{listener_extra}\n{FRONTEND}"),
         );
         let proxy = Proxy::start(pki.dir.path(), &config);
+        let addr = proxy.inbound("api");
         Fixture { pki, proxy, addr }
     }
 
