@@ -94,8 +94,10 @@ pub fn report(ctx: &ConnectionContext, name: &str, record: &HandshakeRecord) {
         .map(|i| i.display_name())
         .unwrap_or_default();
     if ctx.disagreements.should_log(&identity, Instant::now()) {
-        let shadow_reason = match &verdict.shadow {
-            Some(crate::identity::Decision::Deny { reason }) => reason.as_str(),
+        // Exactly one side denied; its reason says which rule failed.
+        let reason = match (&verdict.shadow, verdict.deny_reason()) {
+            (_, Some(enforced)) => enforced,
+            (Some(crate::identity::Decision::Deny { reason }), None) => reason.as_str(),
             _ => "",
         };
         tracing::info!(
@@ -103,8 +105,7 @@ pub fn report(ctx: &ConnectionContext, name: &str, record: &HandshakeRecord) {
             peer_identity = %identity,
             enforced,
             shadow,
-            reason = verdict.deny_reason().unwrap_or(""),
-            shadow_reason,
+            reason,
             "shadow rules disagree with the enforced rules (logged once a minute per identity)"
         );
     }
