@@ -255,6 +255,7 @@ fn portcullis_server_config(pki: &Pki) -> Arc<ServerConfig> {
         &store,
         Arc::new(Authorizer::enforcing(policy())),
         TlsVersion::Tls13,
+        &[],
     )
     .unwrap()
 }

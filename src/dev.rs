@@ -20,8 +20,9 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{
-    AdminConfig, AllowRule, AuthzMode, Config, FilesIdentity, IdentityConfig, InboundConfig,
-    OutboundConfig, ShutdownConfig, TlsVersion,
+    AdminConfig, AllowRule, AuthzMode, BackendProtocol, Config, FilesIdentity, HttpLimits,
+    IdentityConfig, IdentityHeaderKind, InboundConfig, ListenerProtocol, OutboundConfig,
+    ShutdownConfig, TlsVersion,
 };
 use crate::tls::linger::LingerLimits;
 
@@ -184,6 +185,13 @@ fn dev_config(options: &DevOptions, files: &DevFiles, backend: &str) -> Config {
             reauthorize_on_reload: false,
             tls_min_version: TlsVersion::Tls13,
             proxy_protocol: None,
+            protocol: ListenerProtocol::Tcp,
+            backend_protocol: BackendProtocol::Http1,
+            identity_headers: vec![IdentityHeaderKind::Xfcc],
+            spiffe_id_header: "x-spiffe-id".into(),
+            client_cert_chain: false,
+            route: vec![],
+            http: HttpLimits::default(),
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(3600),

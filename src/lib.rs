@@ -13,6 +13,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod http;
 pub mod identity;
 pub mod inspect;
 pub mod proxy;

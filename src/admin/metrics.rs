@@ -66,6 +66,12 @@ pub struct Metrics {
     /// `portcullis_chain_cache_evictions_total{listener,direction}`: entries
     /// dropped because the cache was full.
     pub chain_cache_evictions: IntCounterVec,
+    /// `portcullis_http_requests_total{listener,route,code_class}`.
+    pub http_requests: IntCounterVec,
+    /// `portcullis_http_request_duration_seconds{listener}`: to the response head.
+    pub http_request_duration: HistogramVec,
+    /// `portcullis_http_authz_decisions_total{listener,route,decision}`.
+    pub http_authz_decisions: IntCounterVec,
     /// `portcullis_peer_table_entries`: peers held by `GET /peers`.
     pub peer_table_entries: IntGauge,
     /// `portcullis_peer_table_evictions_total`: peers dropped from the full table.
@@ -261,6 +267,31 @@ impl Metrics {
         )?;
         registry.register(Box::new(peer_cert_expiration_min.clone()))?;
         registry.register(Box::new(watch_errors.clone()))?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_http_requests_total",
+                "HTTP requests by listener, route (the path pattern, or default) and status class.",
+            ),
+            &["listener", "route", "code_class"],
+        )?;
+        let http_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_http_request_duration_seconds",
+                "Time from a request's head to the response head sent to the client.",
+            )
+            .buckets(exponential_buckets(0.0005, 2.0, 16)?),
+            &["listener"],
+        )?;
+        let http_authz_decisions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_http_authz_decisions_total",
+                "Authorization decisions on HTTP requests by route: allow, deny, or would_deny (audit mode).",
+            ),
+            &["listener", "route", "decision"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_request_duration.clone()))?;
+        registry.register(Box::new(http_authz_decisions.clone()))?;
         let peer_table_entries = IntGauge::new(
             "portcullis_peer_table_entries",
             "Peers held in the table served on GET /peers.",
@@ -308,6 +339,9 @@ impl Metrics {
             peer_cert_expiration_min,
             watch_errors,
             lingering_closes,
+            http_requests,
+            http_request_duration,
+            http_authz_decisions,
             peer_table_entries,
             peer_table_evictions,
             chain_cache_lookups,

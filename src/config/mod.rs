@@ -11,7 +11,7 @@ mod validate;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use rules::{compile_authorizer, compile_policy, compile_rule};
+pub use rules::{compile_authorizer, compile_http_authz, compile_policy, compile_rule, HttpAuthz};
 pub use schema::*;
 pub use validate::split_host_port;
 

@@ -5,7 +5,7 @@
 //! `identity::policy::RuleSpec`, so validation, start-up and reload compile
 //! exactly the same rules.
 
-use super::schema::{AllowRule, AuthzMode, InboundConfig};
+use super::schema::{AllowRule, AuthzMode, InboundConfig, RouteConfig};
 use crate::identity::policy::{Policy, Rule, RuleError, RuleSpec};
 use crate::identity::{Authorizer, Mode};
 
@@ -91,6 +91,58 @@ pub fn compile_authorizer(inbound: &InboundConfig) -> Result<Authorizer, Vec<(St
             .flatten()
             .collect()),
     }
+}
+
+/// The authorization of an HTTP listener: the handshake admits a peer that
+/// the listener's rules or any route's rules could allow (a peer no request
+/// could ever be allowed for is refused with `access_denied`, as on a TCP
+/// listener); then each request is decided by its route, or by the
+/// listener's rules when no route matches. Routes run in the listener's
+/// `authz_mode`.
+pub struct HttpAuthz {
+    /// What the TLS handshake asks.
+    pub handshake: Authorizer,
+    /// The listener's own rules, for requests no route matches.
+    pub listener: Authorizer,
+    /// Each route's rules, in order, with the route.
+    pub routes: Vec<(RouteConfig, Authorizer)>,
+}
+
+/// Compile an HTTP listener's rules; errors as [`compile_authorizer`]'s.
+pub fn compile_http_authz(inbound: &InboundConfig) -> Result<HttpAuthz, Vec<(String, String)>> {
+    let listener = compile_authorizer(inbound)?;
+    let mode = listener.mode();
+    let mut errors = Vec::new();
+    let mut routes = Vec::new();
+    for (index, route) in inbound.route.iter().enumerate() {
+        match compile_policy(&route.allow, route.allow_any_authenticated) {
+            Ok(policy) => routes.push((route.clone(), Authorizer::new(policy, mode, None))),
+            Err(e) => errors.extend(e.into_iter().map(|(rule, e)| {
+                (
+                    format!("route[{index}].allow[{rule}].{}", e.field),
+                    e.reason,
+                )
+            })),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut every_rule: Vec<AllowRule> = inbound.allow.clone();
+    every_rule.extend(inbound.route.iter().flat_map(|r| r.allow.iter().cloned()));
+    let any =
+        inbound.allow_any_authenticated || inbound.route.iter().any(|r| r.allow_any_authenticated);
+    let union = compile_policy(&every_rule, any).map_err(|e| {
+        e.into_iter()
+            .map(|(rule, e)| (format!("allow[{rule}].{}", e.field), e.reason))
+            .collect::<Vec<_>>()
+    })?;
+    let shadow = listener.shadow().cloned();
+    Ok(HttpAuthz {
+        handshake: Authorizer::new(union, mode, shadow),
+        listener,
+        routes,
+    })
 }
 
 /// Compile an outbound `expect` rule.

@@ -171,6 +171,95 @@ pub enum TlsVersion {
     Tls13,
 }
 
+/// `protocol` of an inbound listener.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// Bytes, piped (default).
+    #[default]
+    Tcp,
+    /// HTTP/1.1 and HTTP/2, request by request.
+    Http,
+}
+
+/// `backend_protocol` of an HTTP listener.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendProtocol {
+    /// Plaintext HTTP/1.1 (default).
+    #[default]
+    Http1,
+    /// Plaintext HTTP/2 with prior knowledge.
+    H2c,
+}
+
+/// An entry of `identity_headers`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdentityHeaderKind {
+    /// `X-Forwarded-Client-Cert`, as Envoy writes it.
+    Xfcc,
+    /// RFC 9440 `Client-Cert`.
+    ClientCert,
+    /// The SPIFFE ID in `spiffe_id_header`.
+    SpiffeId,
+}
+
+/// `[[inbound.route]]`: requests whose path (and method) match are decided
+/// by this route's rules instead of the listener's.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path glob with `/` as separator, e.g. `/admin/**`.
+    pub path: String,
+    /// Methods the route covers; empty: every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Who may make these requests; none: nobody.
+    #[serde(default)]
+    pub allow: Vec<AllowRule>,
+    /// Every peer whose chain verified may make these requests.
+    #[serde(default)]
+    pub allow_any_authenticated: bool,
+}
+
+/// `[inbound.http]`: limits of an HTTP listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpLimits {
+    /// Most bytes of a request head; more is answered 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most header fields of a request; more is answered 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Time a client has to send a request head.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time the backend has to answer with a response head (then 504).
+    #[serde(default = "default_backend_timeout", with = "humantime_serde")]
+    pub backend_timeout: Duration,
+    /// Most concurrent HTTP/2 streams per connection.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// Most HTTP/2 streams a client may reset before they are accepted.
+    #[serde(default = "default_max_pending_reset_streams")]
+    pub max_pending_reset_streams: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            header_read_timeout: default_header_read_timeout(),
+            backend_timeout: default_backend_timeout(),
+            max_concurrent_streams: default_max_concurrent_streams(),
+            max_pending_reset_streams: default_max_pending_reset_streams(),
+        }
+    }
+}
+
 /// `authz_mode`: whether a listener's allow rules refuse or only report.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -224,6 +313,28 @@ pub struct InboundConfig {
     /// Send a PROXY protocol header to the backend.
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// `tcp` (default): forward bytes. `http`: speak HTTP/1.1 and HTTP/2 to
+    /// the client, set identity headers, authorize per route.
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// With `http`: `http1` (default) or `h2c` to the backend.
+    #[serde(default)]
+    pub backend_protocol: BackendProtocol,
+    /// With `http`: which identity headers to set.
+    #[serde(default = "default_identity_headers")]
+    pub identity_headers: Vec<IdentityHeaderKind>,
+    /// With `http`: the name of the `spiffe-id` header.
+    #[serde(default = "default_spiffe_id_header")]
+    pub spiffe_id_header: String,
+    /// With `http` and `client-cert`: also send `Client-Cert-Chain`.
+    #[serde(default)]
+    pub client_cert_chain: bool,
+    /// With `http`: routes with their own allow rules; the first match decides.
+    #[serde(default)]
+    pub route: Vec<RouteConfig>,
+    /// With `http`: limits on requests.
+    #[serde(default)]
+    pub http: HttpLimits,
     /// Time allowed for the TLS handshake.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
@@ -359,6 +470,38 @@ fn default_idle_timeout() -> Duration {
 
 fn default_max_connections() -> usize {
     4096
+}
+
+fn default_identity_headers() -> Vec<IdentityHeaderKind> {
+    vec![IdentityHeaderKind::Xfcc]
+}
+
+fn default_spiffe_id_header() -> String {
+    "x-spiffe-id".into()
+}
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_max_headers() -> usize {
+    100
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_backend_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_concurrent_streams() -> u32 {
+    100
+}
+
+fn default_max_pending_reset_streams() -> usize {
+    20
 }
 
 fn default_peer_table_size() -> usize {

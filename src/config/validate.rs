@@ -11,7 +11,10 @@ use std::time::Duration;
 use rustls_pki_types::ServerName;
 
 use super::rules::{compile_authorizer, compile_policy, compile_rule};
-use super::schema::{AllowRule, AuthzMode, Config, IdentityConfig};
+use super::schema::{
+    AllowRule, AuthzMode, BackendProtocol, Config, HttpLimits, IdentityConfig, IdentityHeaderKind,
+    InboundConfig, ListenerProtocol,
+};
 use super::ConfigError;
 
 /// Longest listener name; names are metric label values.
@@ -159,6 +162,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
                 errors.push(format!("{at}.{key}"), reason);
             }
         }
+        check_http(&mut errors, &at, inbound);
         let audit = inbound.authz_mode == AuthzMode::Audit;
         match (inbound.allow.is_empty(), inbound.allow_any_authenticated) {
             // In audit mode no rules is a way to start: every peer is
@@ -397,6 +401,140 @@ fn check_max_connections(errors: &mut Errors, at: &str, value: usize) {
             format!("must be from 1 to {MAX_CONNECTIONS}"),
         );
     }
+}
+
+/// Check the keys of an HTTP listener, and that a TCP listener uses none.
+fn check_http(errors: &mut Errors, at: &str, inbound: &InboundConfig) {
+    if inbound.protocol == ListenerProtocol::Tcp {
+        let http_only: [(&str, bool); 6] = [
+            (
+                "backend_protocol",
+                inbound.backend_protocol != BackendProtocol::Http1,
+            ),
+            (
+                "identity_headers",
+                inbound.identity_headers != [IdentityHeaderKind::Xfcc],
+            ),
+            (
+                "spiffe_id_header",
+                inbound.spiffe_id_header != "x-spiffe-id",
+            ),
+            ("client_cert_chain", inbound.client_cert_chain),
+            ("route", !inbound.route.is_empty()),
+            ("http", inbound.http != HttpLimits::default()),
+        ];
+        for (key, set) in http_only {
+            if set {
+                errors.push(
+                    format!("{at}.{key}"),
+                    "applies only to HTTP listeners; add protocol = \"http\"",
+                );
+            }
+        }
+        return;
+    }
+    if inbound.proxy_protocol.is_some() {
+        errors.push(
+            format!("{at}.proxy_protocol"),
+            "an HTTP listener passes the peer's identity in headers (identity_headers), not in a PROXY header",
+        );
+    }
+    match hyper::header::HeaderName::from_bytes(inbound.spiffe_id_header.as_bytes()) {
+        Ok(name) => {
+            let reserved = [
+                "host",
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "x-forwarded-client-cert",
+                "client-cert",
+                "client-cert-chain",
+                "x-forwarded-for",
+                "forwarded",
+            ];
+            if reserved.contains(&name.as_str()) {
+                errors.push(
+                    format!("{at}.spiffe_id_header"),
+                    format!(
+                        "{:?} is a header with another meaning; choose another name",
+                        name.as_str()
+                    ),
+                );
+            }
+        }
+        Err(_) => errors.push(
+            format!("{at}.spiffe_id_header"),
+            format!("{:?} is not a valid header name", inbound.spiffe_id_header),
+        ),
+    }
+    let mut seen = Vec::new();
+    for kind in &inbound.identity_headers {
+        if seen.contains(kind) {
+            errors.push(
+                format!("{at}.identity_headers"),
+                format!("{kind:?} is listed twice"),
+            );
+        }
+        seen.push(*kind);
+    }
+    for (index, route) in inbound.route.iter().enumerate() {
+        let key = format!("{at}.route[{index}]");
+        if !route.path.starts_with('/') {
+            errors.push(format!("{key}.path"), "must start with '/'");
+        } else if let Err(e) = crate::identity::glob::Glob::new(&route.path, Some('/'), false) {
+            errors.push(format!("{key}.path"), e.to_string());
+        }
+        for (m, method) in route.methods.iter().enumerate() {
+            let token = !method.is_empty()
+                && method
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_');
+            if !token {
+                errors.push(
+                    format!("{key}.methods[{m}]"),
+                    format!(
+                        "{method:?} is not an HTTP method such as \"GET\" or \"POST\" (upper case)"
+                    ),
+                );
+            }
+        }
+        if route.allow_any_authenticated && !route.allow.is_empty() {
+            errors.push(
+                format!("{key}.allow_any_authenticated"),
+                "is true, so the route's allow rules would never be consulted; remove one or the other",
+            );
+        }
+    }
+    let limits = &inbound.http;
+    if !(8 * 1024..=1024 * 1024).contains(&limits.max_header_bytes) {
+        errors.push(
+            format!("{at}.http.max_header_bytes"),
+            "must be from 8192 to 1048576",
+        );
+    }
+    if !(1..=1000).contains(&limits.max_headers) {
+        errors.push(format!("{at}.http.max_headers"), "must be from 1 to 1000");
+    }
+    if !(1..=10_000).contains(&limits.max_concurrent_streams) {
+        errors.push(
+            format!("{at}.http.max_concurrent_streams"),
+            "must be from 1 to 10000",
+        );
+    }
+    if limits.max_pending_reset_streams > 10_000 {
+        errors.push(
+            format!("{at}.http.max_pending_reset_streams"),
+            "must be at most 10000",
+        );
+    }
+    check_timeouts(
+        errors,
+        &format!("{at}.http"),
+        &[
+            ("header_read_timeout", limits.header_read_timeout),
+            ("backend_timeout", limits.backend_timeout),
+        ],
+    );
 }
 
 /// Largest `admin.peer_table_size`: about a few hundred megabytes at most.

@@ -16,6 +16,9 @@ use super::proxy_protocol::{encode_v2, TlsPeerInfo};
 use super::{verdicts, ConnectionContext, Direction};
 use crate::admin::metrics::reason;
 use crate::config::{InboundConfig, ProxyProtocol};
+use crate::http::headers::identity_values;
+use crate::http::serve::Peer;
+use crate::http::HttpSettings;
 use crate::identity::Authorizer;
 use crate::tls::linger::LingerLimits;
 use crate::tls::{handshake_failure_reason, record_handshake, sent_fatal_alert, HandshakeRecord};
@@ -47,6 +50,8 @@ pub struct InboundSettings {
     pub reauthorize_on_reload: bool,
     /// How long a refused peer may take to read our alert.
     pub linger: LingerLimits,
+    /// For `protocol = "http"`: what each request needs.
+    pub http: Option<Arc<HttpSettings>>,
 }
 
 impl InboundSettings {
@@ -69,6 +74,7 @@ impl InboundSettings {
                 time: config.lingering_time,
                 bytes: config.lingering_bytes,
             },
+            http: None,
         }
     }
 }
@@ -147,6 +153,27 @@ pub async fn handle(
     if let Some(reason) = record.verdict.as_ref().and_then(|v| v.deny_reason()) {
         // Audit mode: the rules deny this peer, and it is let through.
         tracing::warn!(listener = name, %peer, peer_identity = %peer_name, decision, %reason, "peer would be denied (authz_mode = \"audit\"); admitted");
+    }
+
+    if let (Some(http), Some(identity)) = (&settings.http, &identity) {
+        Box::pin(serve_http(
+            tls,
+            peer,
+            identity.clone(),
+            http.clone(),
+            &settings.name,
+            &ctx,
+        ))
+        .await;
+        tracing::info!(
+            listener = name,
+            %peer,
+            peer_identity = %peer_name,
+            decision,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "connection closed"
+        );
+        return;
     }
 
     let backend = match Box::pin(timeout(
@@ -296,4 +323,45 @@ async fn backend_failed(
     tracing::warn!(listener = name, %peer, peer_identity = %peer_name, backend, %error, "backend unreachable; closing client connection");
     // Close cleanly: the client sees close_notify and EOF, not a reset.
     let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
+}
+
+/// Serve HTTP on an authorized connection (`protocol = "http"`): the
+/// identity headers are computed once, from the chain the peer presented.
+async fn serve_http(
+    tls: Box<tokio_rustls::server::TlsStream<Pooled<TcpStream>>>,
+    peer: SocketAddr,
+    identity: Arc<crate::identity::PeerIdentity>,
+    http: Arc<HttpSettings>,
+    name: &Arc<str>,
+    ctx: &ConnectionContext,
+) {
+    let (_, conn) = tls.get_ref();
+    let h2 = conn.alpn_protocol() == Some(b"h2".as_slice());
+    let chain: Vec<_> = conn
+        .peer_certificates()
+        .map(|certs| certs.to_vec())
+        .unwrap_or_default();
+    let own = http.store.current();
+    let values = identity_values(&http.headers, &chain, own.certified_key.cert.first());
+    // Registered so a reload with a stricter policy can close it.
+    let close = ctx.force_close.child_token();
+    let _live = ctx.live.register(identity.clone(), close.clone());
+    let peer = Peer {
+        addr: peer,
+        identity,
+        values,
+    };
+    if let Err(error) = crate::http::serve::serve(
+        tls,
+        h2,
+        name.clone(),
+        peer,
+        http,
+        ctx.metrics.clone(),
+        close.cancelled_owned(),
+    )
+    .await
+    {
+        tracing::debug!(listener = %name, %error, "HTTP connection ended with an error");
+    }
 }

@@ -15,7 +15,15 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::admin::Metrics;
-use crate::config::{compile_authorizer, compile_rule, Config, InboundConfig, OutboundConfig};
+use crate::config::{
+    compile_authorizer, compile_http_authz, compile_rule, Config, IdentityHeaderKind,
+    InboundConfig, ListenerProtocol, OutboundConfig, RouteConfig,
+};
+use crate::http::headers::{HeaderConfig, IdentityHeader};
+use crate::http::routes::{Route, Routes};
+use crate::http::{BackendProtocol, HttpSettings, Limits};
+use crate::identity::glob::Glob;
+use crate::identity::Authorizer;
 use crate::proxy::inbound::{self, InboundSettings};
 use crate::proxy::outbound::{self, OutboundSettings};
 use crate::proxy::{ConnectionContext, Direction, LiveConnections};
@@ -94,21 +102,42 @@ impl ListenerKind for InboundSettings {
     }
 
     fn build(entry: &InboundConfig, store: &Arc<IdentityStore>) -> Result<Self, String> {
-        let authz = compile_authorizer(entry).map_err(|errors| {
+        let joined = |errors: Vec<(String, String)>| {
             errors
                 .iter()
                 .map(|(key, reason)| format!("{key}: {reason}"))
                 .collect::<Vec<_>>()
                 .join("; ")
-        })?;
-        let authz = Arc::new(authz);
-        let server = tls::inbound_server_config(store, authz.clone(), entry.tls_min_version)
-            .map_err(|e| e.to_string())?;
-        Ok(InboundSettings::new(
-            entry,
-            authz,
-            TlsAcceptor::from(server),
-        ))
+        };
+        match entry.protocol {
+            ListenerProtocol::Tcp => {
+                let authz = Arc::new(compile_authorizer(entry).map_err(joined)?);
+                let server =
+                    tls::inbound_server_config(store, authz.clone(), entry.tls_min_version, &[])
+                        .map_err(|e| e.to_string())?;
+                Ok(InboundSettings::new(
+                    entry,
+                    authz,
+                    TlsAcceptor::from(server),
+                ))
+            }
+            ListenerProtocol::Http => {
+                let authz = compile_http_authz(entry).map_err(joined)?;
+                let handshake = Arc::new(authz.handshake);
+                let server = tls::inbound_server_config(
+                    store,
+                    handshake.clone(),
+                    entry.tls_min_version,
+                    &[b"h2", b"http/1.1"],
+                )
+                .map_err(|e| e.to_string())?;
+                let http = http_settings(entry, authz.listener, authz.routes, store)?;
+                let mut settings =
+                    InboundSettings::new(entry, handshake, TlsAcceptor::from(server));
+                settings.http = Some(http);
+                Ok(settings)
+            }
+        }
     }
 
     fn handle(
@@ -191,4 +220,62 @@ impl ListenerKind for OutboundSettings {
     ) -> impl Future<Output = ()> + Send + 'static {
         outbound::handle(stream, peer, settings, ctx)
     }
+}
+
+/// The request-level settings of an HTTP listener.
+fn http_settings(
+    entry: &InboundConfig,
+    listener: Authorizer,
+    routes: Vec<(RouteConfig, Authorizer)>,
+    store: &Arc<IdentityStore>,
+) -> Result<Arc<HttpSettings>, String> {
+    let mut compiled = Vec::with_capacity(routes.len());
+    for (index, (route, authz)) in routes.into_iter().enumerate() {
+        let path = Glob::new(&route.path, Some('/'), false)
+            .map_err(|e| format!("route[{index}].path: {e}"))?;
+        let methods = route
+            .methods
+            .iter()
+            .map(|m| {
+                hyper::Method::from_bytes(m.as_bytes())
+                    .map_err(|e| format!("route[{index}].methods: {m:?}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        compiled.push(Route::new(path, methods, Arc::new(authz)));
+    }
+    let spiffe_id_header = hyper::header::HeaderName::from_bytes(entry.spiffe_id_header.as_bytes())
+        .map_err(|e| format!("spiffe_id_header: {e}"))?;
+    let headers = HeaderConfig {
+        set: entry
+            .identity_headers
+            .iter()
+            .map(|kind| match kind {
+                IdentityHeaderKind::Xfcc => IdentityHeader::Xfcc,
+                IdentityHeaderKind::ClientCert => IdentityHeader::ClientCert,
+                IdentityHeaderKind::SpiffeId => IdentityHeader::SpiffeId,
+            })
+            .collect(),
+        spiffe_id_header,
+        client_cert_chain: entry.client_cert_chain,
+    };
+    let limits = Limits {
+        max_header_bytes: entry.http.max_header_bytes,
+        max_headers: entry.http.max_headers,
+        header_read_timeout: entry.http.header_read_timeout,
+        backend_timeout: entry.http.backend_timeout,
+        max_concurrent_streams: entry.http.max_concurrent_streams,
+        max_pending_reset_streams: entry.http.max_pending_reset_streams,
+    };
+    let protocol = match entry.backend_protocol {
+        crate::config::BackendProtocol::Http1 => BackendProtocol::Http1,
+        crate::config::BackendProtocol::H2c => BackendProtocol::H2c,
+    };
+    Ok(HttpSettings::new(
+        Routes::new(compiled, Arc::new(listener)),
+        headers,
+        limits,
+        entry.backend.clone(),
+        protocol,
+        store.clone(),
+    ))
 }

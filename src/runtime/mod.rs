@@ -417,6 +417,7 @@ fn admin_tls(
         store,
         Arc::new(Authorizer::enforcing(policy)),
         crate::config::TlsVersion::Tls13,
+        &[],
     )?;
     Ok(Some(TlsAcceptor::from(server)))
 }

@@ -70,6 +70,7 @@ pub fn inbound_server_config(
     store: &Arc<IdentityStore>,
     authz: Arc<Authorizer>,
     min_version: TlsVersion,
+    alpn_protocols: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let verifier = Arc::new(InboundVerifier::new(store.clone(), authz));
     let mut config = ServerConfig::builder_with_provider(store.provider().clone())
@@ -81,6 +82,7 @@ pub fn inbound_server_config(
     // inbound handshake is a full one.
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
+    config.alpn_protocols = alpn_protocols.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
