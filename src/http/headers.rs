@@ -216,7 +216,13 @@ impl Sans {
     }
 }
 
-/// One XFCC element, `By=...;Hash=...;Subject="...";URI=...;DNS=...`.
+/// One XFCC element as Envoy writes it: `By=` for each of our URI SANs,
+/// `Hash=` (hex SHA-256 of the peer's leaf), `Subject="..."` (always, even
+/// when empty; RFC 2253, whose own escaping already covers `"`, `,` and
+/// `;`), `URI=` with the peer's first URI SAN (always, even when empty),
+/// and `DNS=` for each DNS SAN. Envoy writes URI and DNS values bare;
+/// portcullis quotes one that holds a separator, so a certificate cannot
+/// smuggle extra elements into the header.
 fn xfcc(by: &[String], leaf: &CertificateDer<'_>, subject: &str, peer: &Sans) -> String {
     let hash = ring::digest::digest(&ring::digest::SHA256, leaf.as_ref());
     let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
@@ -225,10 +231,9 @@ fn xfcc(by: &[String], leaf: &CertificateDer<'_>, subject: &str, peer: &Sans) ->
         parts.push(format!("By={}", xfcc_value(uri)));
     }
     parts.push(format!("Hash={hex}"));
-    parts.push(format!("Subject=\"{}\"", escape_quoted(subject)));
-    for uri in &peer.uris {
-        parts.push(format!("URI={}", xfcc_value(uri)));
-    }
+    parts.push(format!("Subject=\"{subject}\""));
+    let uri = peer.uris.first().map(String::as_str).unwrap_or("");
+    parts.push(format!("URI={}", xfcc_value(uri)));
     for dns in &peer.dns {
         parts.push(format!("DNS={}", xfcc_value(dns)));
     }

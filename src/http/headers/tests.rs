@@ -147,3 +147,19 @@ fn the_spiffe_id_header_needs_exactly_one_spiffe_uri() {
         .headers
         .is_empty());
 }
+
+#[test]
+fn xfcc_always_has_subject_and_uri_and_quotes_a_value_with_separators() {
+    let peer = cert(None, &[], &["evil.example.org;By=spiffe://x"]);
+    let values = identity_values(
+        &config(&[IdentityHeader::Xfcc]),
+        std::slice::from_ref(&peer),
+        None,
+    );
+    let value = values.headers[0].1.to_str().unwrap().to_string();
+    assert!(value.starts_with("Hash="), "{value}");
+    assert!(
+        value.ends_with(";Subject=\"\";URI=;DNS=\"evil.example.org;By=spiffe://x\""),
+        "{value}"
+    );
+}
