@@ -18,6 +18,7 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use time::{Duration as TimeDuration, OffsetDateTime};
 
+pub mod envoy;
 pub mod netns;
 
 /// The trust domain used by test certificates.
