@@ -216,13 +216,15 @@ impl Sans {
     }
 }
 
-/// One XFCC element as Envoy writes it: `By=` for each of our URI SANs,
-/// `Hash=` (hex SHA-256 of the peer's leaf), `Subject="..."` (always, even
-/// when empty; RFC 2253, whose own escaping already covers `"`, `,` and
-/// `;`), `URI=` with the peer's first URI SAN (always, even when empty),
-/// and `DNS=` for each DNS SAN. Envoy writes URI and DNS values bare;
-/// portcullis quotes one that holds a separator, so a certificate cannot
-/// smuggle extra elements into the header.
+/// One XFCC element as Envoy writes it (checked against Envoy 1.40 by
+/// tests/envoy_reference.rs and tests/http.rs): `By=` for each of our URI
+/// SANs, `Hash=` (hex SHA-256 of the peer's leaf), `Subject="..."` (always,
+/// `""` when empty; RFC 2253, whose own escaping already covers `"`, `,`
+/// and `;`), `URI=` for each URI SAN (one empty `URI=` when there is none),
+/// and `DNS=` for each DNS SAN. Envoy writes By, URI and DNS values bare
+/// even when they hold `;`, `,`, `=` or `"`; portcullis quotes such a value
+/// (the one deliberate difference), so a certificate cannot smuggle extra
+/// elements into the header.
 fn xfcc(by: &[String], leaf: &CertificateDer<'_>, subject: &str, peer: &Sans) -> String {
     let hash = ring::digest::digest(&ring::digest::SHA256, leaf.as_ref());
     let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
@@ -232,8 +234,12 @@ fn xfcc(by: &[String], leaf: &CertificateDer<'_>, subject: &str, peer: &Sans) ->
     }
     parts.push(format!("Hash={hex}"));
     parts.push(format!("Subject=\"{subject}\""));
-    let uri = peer.uris.first().map(String::as_str).unwrap_or("");
-    parts.push(format!("URI={}", xfcc_value(uri)));
+    if peer.uris.is_empty() {
+        parts.push("URI=".to_string());
+    }
+    for uri in &peer.uris {
+        parts.push(format!("URI={}", xfcc_value(uri)));
+    }
     for dns in &peer.dns {
         parts.push(format!("DNS={}", xfcc_value(dns)));
     }
@@ -253,26 +259,32 @@ fn escape_quoted(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
-/// The subject as RFC 2253 writes it: the last RDN first, `,` between
-/// RDNs, `+` inside one, special characters escaped with `\`.
+/// The subject as RFC 2253 writes it, the way OpenSSL and BoringSSL print
+/// it (and so Envoy): the last RDN first, `,` between RDNs, `+` between the
+/// members of one RDN (also reversed), `\` before `, + " \ < > ;`, a leading
+/// `#` or space and a trailing space, and every byte above 0x7f as `\XX`.
 pub fn rfc2253(cert: &X509Certificate<'_>) -> String {
     use x509_parser::x509::AttributeTypeAndValue;
     fn short_name(attr: &AttributeTypeAndValue<'_>) -> String {
         let oid = attr.attr_type().to_id_string();
-        match oid.as_str() {
-            "2.5.4.3" => "CN".into(),
-            "2.5.4.6" => "C".into(),
-            "2.5.4.7" => "L".into(),
-            "2.5.4.8" => "ST".into(),
-            "2.5.4.9" => "STREET".into(),
-            "2.5.4.10" => "O".into(),
-            "2.5.4.11" => "OU".into(),
-            "0.9.2342.19200300.100.1.25" => "DC".into(),
-            "0.9.2342.19200300.100.1.1" => "UID".into(),
-            "1.2.840.113549.1.9.1" => "emailAddress".into(),
-            "2.5.4.5" => "serialNumber".into(),
-            _ => oid,
-        }
+        let name = match oid.as_str() {
+            "2.5.4.3" => "CN",
+            "2.5.4.4" => "SN",
+            "2.5.4.42" => "GN",
+            "2.5.4.12" => "title",
+            "2.5.4.5" => "serialNumber",
+            "2.5.4.9" => "street",
+            "2.5.4.7" => "L",
+            "2.5.4.8" => "ST",
+            "2.5.4.6" => "C",
+            "2.5.4.10" => "O",
+            "2.5.4.11" => "OU",
+            "0.9.2342.19200300.100.1.25" => "DC",
+            "0.9.2342.19200300.100.1.1" => "UID",
+            "1.2.840.113549.1.9.1" => "emailAddress",
+            _ => return oid,
+        };
+        name.to_string()
     }
     fn escape(value: &str) -> String {
         let mut out = String::with_capacity(value.len());
@@ -283,8 +295,15 @@ pub fn rfc2253(cert: &X509Certificate<'_>) -> String {
                 || (i == last && c == ' ');
             if special {
                 out.push('\\');
+                out.push(c);
+            } else if c.is_ascii() {
+                out.push(c);
+            } else {
+                let mut utf8 = [0u8; 4];
+                for byte in c.encode_utf8(&mut utf8).bytes() {
+                    out.push_str(&format!("\\{byte:02X}"));
+                }
             }
-            out.push(c);
         }
         out
     }
@@ -295,6 +314,9 @@ pub fn rfc2253(cert: &X509Certificate<'_>) -> String {
         .rev()
         .map(|rdn| {
             rdn.iter()
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
                 .map(|attr| {
                     let value = attr.as_str().map(escape).unwrap_or_else(|_| {
                         let hex: String = attr
