@@ -123,6 +123,11 @@ async fn answer(mut request: Request<Incoming>, seen: Seen) -> Response<Body> {
             .collect();
         return Response::new(Full::new(Bytes::from(format!("{hex} {length}"))).boxed());
     }
+    let (parts, mut body) = request.into_parts();
+    // Read the body, as a real application would, so the connection can
+    // carry the next request.
+    while let Some(Ok(_)) = body.frame().await {}
+    let request = Request::from_parts(parts, ());
     let lines: Vec<String> = request
         .headers()
         .iter()
@@ -582,4 +587,310 @@ fn xfcc_equals_envoys_element_for_element() {
         );
         assert_eq!(ours[0], theirs[0], "{name}: even byte for byte");
     }
+}
+
+const ROUTES: &str = "[[inbound.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/*\"\n\
+                      [[inbound.route]]\npath = \"/admin/**\"\nmethods = [\"POST\"]\n\
+                      [[inbound.route.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/sa/ops\"\n";
+
+/// Python: on ONE keep-alive connection (`http.client`) and ONE HTTP/2
+/// connection (httpx), requests the routes allow and refuse in turn.
+const ROUTE_CLIENT: &str = r#"
+import http.client, socket, ssl, sys, httpx
+ca, crt, key, port = sys.argv[1:5]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(crt, key)
+plan = [("GET", "/api/a"), ("POST", "/admin/users"), ("GET", "/admin/users"), ("POST", "/api/b"), ("POST", "/admin/x")]
+conn = http.client.HTTPSConnection("proxy.example.org", int(port), context=ctx)
+conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="proxy.example.org")
+sock = conn.sock
+for method, path in plan:
+    conn.request(method, path, body=b"x" if method == "POST" else None)
+    r = conn.getresponse()
+    r.read()
+    print("h1", method, path, r.status, conn.sock is sock)
+transport = httpx.HTTPTransport(http2=True, verify=ctx)
+with httpx.Client(transport=transport) as client:
+    for method, path in plan:
+        r = client.request(method, "https://127.0.0.1:%s%s" % (port, path), content=b"x" if method == "POST" else None,
+                           extensions={"sni_hostname": "proxy.example.org"})
+        print("h2", method, path, r.status_code, r.http_version, r.text.split("\n")[0][:20])
+"#;
+
+fn run_routes(fx: &Fixture, cert: &PathBuf, key: &PathBuf) -> Vec<String> {
+    let mut command = Command::new("python3");
+    command
+        .arg("-c")
+        .arg(ROUTE_CLIENT)
+        .arg(fx.pki.bundle())
+        .arg(cert)
+        .arg(key)
+        .arg(fx.addr.port().to_string());
+    let done = run_with_input(&mut command, b"", Duration::from_secs(60));
+    assert!(done.status.success(), "{}\n{}", done.stdout, done.stderr);
+    done.stdout.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn routes_decide_each_request_on_one_connection() {
+    if !require_tool("python3") {
+        return;
+    }
+    let fx = Fixture::new(ROUTES);
+    let (_, cert, key) = fx.client("frontend", &Leaf::spiffe(FRONTEND));
+    let lines = run_routes(&fx, &cert, &key);
+    let statuses: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0], f[3])
+        })
+        .collect();
+    // POST /admin/** is the ops route: the frontend is refused there, and
+    // only there; GET /admin/** has no route of its own (listener rules).
+    let want = ["200", "403", "200", "200", "403"];
+    for (i, (proto, status)) in statuses.iter().enumerate() {
+        assert_eq!(*status, want[i % 5], "{}", lines[i]);
+        if *proto == "h1" {
+            assert!(
+                lines[i].ends_with("True"),
+                "same keep-alive connection: {}",
+                lines[i]
+            );
+        } else {
+            assert!(lines[i].contains("HTTP/2"), "{}", lines[i]);
+        }
+    }
+    assert_eq!(statuses.len(), 10);
+    // The refusal body names no rule; the log names listener, route,
+    // identity and the failing rule.
+    assert!(
+        lines.iter().any(|l| l.contains("403 HTTP/2 forbidden")),
+        "{lines:?}"
+    );
+    let logs = fx.proxy.logs();
+    let denial = logs
+        .lines()
+        .find(|l| l.contains("request denied"))
+        .expect("a denial is logged");
+    for part in [
+        "listener=api",
+        "route=/admin/**",
+        "peer_identity=spiffe://example.org/ns/web/sa/frontend",
+        "rule 0: spiffe_id",
+    ] {
+        assert!(denial.contains(part), "{part} in {denial}");
+    }
+    // The ops identity may POST there.
+    let (_, ops_cert, ops_key) = fx.client("ops", &Leaf::spiffe("ns/web/sa/ops"));
+    let ops = run_routes(&fx, &ops_cert, &ops_key);
+    assert!(ops.iter().all(|l| l.contains(" 200")), "{ops:?}");
+    assert_eq!(
+        fx.metric(
+            "portcullis_http_requests_total",
+            &["route=\"/admin/**\"", "code_class=\"4xx\""]
+        ),
+        4.0
+    );
+    assert_eq!(
+        fx.metric(
+            "portcullis_http_authz_decisions_total",
+            &["route=\"/admin/**\"", "decision=\"deny\""]
+        ),
+        4.0
+    );
+}
+
+#[test]
+fn an_upgrade_passes_through_as_raw_bytes() {
+    let fx = Fixture::new(&format!("{ALL_HEADERS}"));
+    let (issued, _, _) = fx.client("frontend", &Leaf::spiffe(FRONTEND));
+    let mut config = (*client_config(Some(&issued), &fx.pki.root.cert_pem)).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut stream = tls_connect(fx.addr, "proxy.example.org", Arc::new(config)).unwrap();
+    use std::io::{Read, Write};
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: proxy.example.org\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for message in [
+        &b"hello over the upgraded connection"[..],
+        &[0u8, 1, 2, 255][..],
+    ] {
+        stream.write_all(message).unwrap();
+        stream.flush().unwrap();
+        let mut echo = vec![0u8; message.len()];
+        stream.read_exact(&mut echo).unwrap();
+        assert_eq!(echo, message);
+    }
+}
+
+fn proxy_rss_kib(proxy: &Proxy) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_hundred_megabytes_each_way_stream_with_bounded_memory() {
+    if !require_tool("curl") {
+        return;
+    }
+    const SIZE: usize = 100 * 1024 * 1024;
+    let fx = Fixture::new(ALL_HEADERS);
+    let (_, cert, key) = fx.client("frontend", &Leaf::spiffe(FRONTEND));
+    let upload = fx.pki.path("upload.bin");
+    let data = pattern(7, SIZE);
+    std::fs::write(&upload, &data).unwrap();
+    let rss_before = proxy_rss_kib(&fx.proxy);
+    for version in ["--http1.1", "--http2"] {
+        let (out, err) = fx.curl(
+            &cert,
+            &key,
+            &[version, "--data-binary", &format!("@{}", upload.display())],
+            "/sha256",
+        );
+        assert_eq!(
+            out,
+            format!("{} {SIZE}", sha256_hex(&data)),
+            "{version} upload: {err}"
+        );
+        let download = fx.pki.path("download.bin");
+        let (_, err) = fx.curl(
+            &cert,
+            &key,
+            &[version, "--output", &download.display().to_string()],
+            &format!("/bytes/{SIZE}"),
+        );
+        let got = std::fs::read(&download).unwrap();
+        assert_eq!(got.len(), SIZE, "{version} download: {err}");
+        assert!(got == pattern(0, SIZE), "{version}: the download is intact");
+    }
+    let grown = proxy_rss_kib(&fx.proxy).saturating_sub(rss_before);
+    println!("proxy RSS grew by {grown} KiB over 400 MB streamed");
+    assert!(
+        grown < 64 * 1024,
+        "the proxy buffered: RSS grew by {grown} KiB"
+    );
+}
+
+#[test]
+fn an_h2c_backend_gets_the_requests() {
+    if !require_tool("curl") {
+        return;
+    }
+    let pki = Pki::new();
+    let (backend, seen) = backend_speaking(true);
+    let config = inbound_config(
+        &pki,
+        backend,
+        "",
+        &format!("protocol = \"http\"\nbackend_protocol = \"h2c\"\n{ALL_HEADERS}"),
+    );
+    let proxy = Proxy::start(pki.dir.path(), &config);
+    let fx = Fixture {
+        addr: proxy.inbound("api"),
+        backend,
+        seen,
+        proxy,
+        pki,
+    };
+    let (_, cert, key) = fx.client("frontend", &Leaf::spiffe(FRONTEND));
+    for version in ["--http1.1", "--http2"] {
+        let (out, err) = fx.curl(&cert, &key, &[version], "/over-h2c");
+        assert!(out.starts_with("GET /over-h2c\n"), "{version}: {out}{err}");
+        assert_eq!(
+            header(&out, "x-spiffe-id"),
+            ["spiffe://example.org/ns/web/sa/frontend"]
+        );
+    }
+    assert_eq!(fx.seen.lock().unwrap().len(), 2);
+}
+
+/// Python: keep-alive requests as fast as possible on 4 connections for
+/// `seconds`; prints `ok N errors M statuses {...}`.
+const LOAD: &str = r#"
+import http.client, socket, ssl, sys, threading, time, collections
+ca, crt, key, port, seconds = sys.argv[1:6]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(crt, key)
+counts = collections.Counter()
+def run():
+    conn = http.client.HTTPSConnection("proxy.example.org", int(port), context=ctx)
+    conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="proxy.example.org")
+    end = time.time() + float(seconds)
+    while time.time() < end:
+        try:
+            conn.request("GET", "/admin/load")
+            r = conn.getresponse(); r.read()
+            counts[r.status] += 1
+        except Exception as e:
+            counts["error " + type(e).__name__] += 1
+            return
+threads = [threading.Thread(target=run) for _ in range(4)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(dict(counts))
+"#;
+
+#[test]
+fn reloading_routes_under_load_drops_no_connection() {
+    if !require_tool("python3") {
+        return;
+    }
+    let fx = Fixture::new(ALL_HEADERS);
+    let (_, cert, key) = fx.client("frontend", &Leaf::spiffe(FRONTEND));
+    let mut command = Command::new("python3");
+    command
+        .arg("-c")
+        .arg(LOAD)
+        .arg(fx.pki.bundle())
+        .arg(&cert)
+        .arg(&key)
+        .arg(fx.addr.port().to_string())
+        .arg("4");
+    let load =
+        std::thread::spawn(move || run_with_input(&mut command, b"", Duration::from_secs(60)));
+    std::thread::sleep(Duration::from_millis(1500));
+    // Close /admin/** to everyone but ops; live connections carry on.
+    let before = fx.proxy.logs().matches("config reloaded").count();
+    fx.proxy.rewrite_config(&format!(
+        "{}\n{}",
+        fx.pki.identity_toml("server"),
+        inbound_table_on(
+            "api",
+            fx.addr,
+            fx.backend,
+            &format!("protocol = \"http\"\n{ROUTES}"),
+        )
+    ));
+    wait_for("the reload", Duration::from_secs(10), || {
+        fx.proxy.logs().matches("config reloaded").count() > before
+    });
+    let done = load.join().unwrap();
+    assert!(done.status.success(), "{}{}", done.stdout, done.stderr);
+    let counts = done.stdout.trim();
+    assert!(!counts.contains("error"), "a connection broke: {counts}");
+    assert!(counts.contains("200:"), "{counts}");
+    // New connections follow the new routes (GET /admin/** has no route, so
+    // the listener's rules apply; POST would be the ops route's).
+    let (out, _) = fx.curl(
+        &cert,
+        &key,
+        &["-X", "POST", "-w", " %{http_code}"],
+        "/admin/x",
+    );
+    assert!(out.ends_with(" 403"), "{out}");
 }

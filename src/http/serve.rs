@@ -124,7 +124,15 @@ async fn proxy(mut request: Request<Incoming>, connection: Arc<Connection>) -> R
     if !verdict.admitted() {
         let reason = verdict.deny_reason().unwrap_or_default();
         tracing::warn!(listener = %connection.listener, route = %route, peer = %connection.peer.addr, peer_identity = %connection.peer_name, %method, %path, decision = "deny", %reason, "request denied");
-        return answer(&connection, &log, StatusCode::FORBIDDEN, "forbidden\n");
+        let drained = client_version != Version::HTTP_11 || drain(request.into_body()).await;
+        let mut refused = answer(&connection, &log, StatusCode::FORBIDDEN, "forbidden\n");
+        if !drained {
+            // Unread body bytes would be read as the next request.
+            refused
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        return refused;
     }
     if let Some(reason) = verdict.deny_reason() {
         tracing::warn!(listener = %connection.listener, route = %route, peer_identity = %connection.peer_name, %method, %path, decision = "would_deny", %reason, "request would be denied (authz_mode = \"audit\"); forwarded");
@@ -227,6 +235,23 @@ fn to_backend(
     parts.version = Version::HTTP_11;
     Ok(Request::from_parts(parts, body.boxed()))
 }
+
+/// Read and discard a refused request's body, so the HTTP/1.1 connection
+/// can carry the next request; false when it is larger than
+/// [`DRAIN_LIMIT`] or slower than [`DRAIN_TIME`] (then the connection is
+/// closed after the answer).
+async fn drain(body: Incoming) -> bool {
+    let limited = http_body_util::Limited::new(body, DRAIN_LIMIT);
+    matches!(
+        tokio::time::timeout(DRAIN_TIME, limited.collect()).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Most bytes of a refused request's body read to keep its connection.
+const DRAIN_LIMIT: usize = 64 * 1024;
+/// Longest wait for a refused request's body.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `Connection: upgrade` with an `Upgrade` header (HTTP/1.1 only).
 fn is_upgrade(headers: &hyper::HeaderMap) -> bool {
