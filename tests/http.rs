@@ -703,7 +703,7 @@ fn routes_decide_each_request_on_one_connection() {
 
 #[test]
 fn an_upgrade_passes_through_as_raw_bytes() {
-    let fx = Fixture::new(&format!("{ALL_HEADERS}"));
+    let fx = Fixture::new(ALL_HEADERS);
     let (issued, _, _) = fx.client("frontend", &Leaf::spiffe(FRONTEND));
     let mut config = (*client_config(Some(&issued), &fx.pki.root.cert_pem)).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
