@@ -421,8 +421,75 @@ fn malformed_cases() -> Vec<Case> {
             "identity.cert",
             "path is empty",
         ),
+        case(
+            "http-key-on-tcp",
+            &with_identity(&format!("{HTTP_BASE}route = []\nidentity_headers = [\"spiffe-id\"]\n")),
+            "inbound[0].identity_headers",
+            "applies only to HTTP listeners; add protocol = \"http\"",
+        ),
+        case(
+            "http-proxy-protocol",
+            &with_identity(&format!("{HTTP_BASE}protocol = \"http\"\nproxy_protocol = \"v2\"\n")),
+            "inbound[0].proxy_protocol",
+            "an HTTP listener passes the peer's identity in headers",
+        ),
+        case(
+            "http-unknown-identity-header",
+            &with_identity(&format!("{HTTP_BASE}protocol = \"http\"\nidentity_headers = [\"x-user\"]\n")),
+            "inbound[0].identity_headers[0] at line 12, column 21 (`identity_headers = [\"x-user\"]`)",
+            "unknown variant `x-user`, expected one of `xfcc`, `client-cert`, `spiffe-id`",
+        ),
+        case(
+            "http-reserved-spiffe-header",
+            &with_identity(&format!("{HTTP_BASE}protocol = \"http\"\nspiffe_id_header = \"Host\"\n")),
+            "inbound[0].spiffe_id_header",
+            "\"host\" is a header with another meaning",
+        ),
+        case(
+            "http-route-path",
+            &with_identity(&format!(
+                "{HTTP_BASE}protocol = \"http\"\n[[inbound.route]]\npath = \"admin/**\"\n"
+            )),
+            "inbound[0].route[0].path",
+            "must start with '/'",
+        ),
+        case(
+            "http-route-method",
+            &with_identity(&format!(
+                "{HTTP_BASE}protocol = \"http\"\n[[inbound.route]]\npath = \"/admin/**\"\nmethods = [\"post\"]\n"
+            )),
+            "inbound[0].route[0].methods[0]",
+            "\"post\" is not an HTTP method",
+        ),
+        case(
+            "http-route-rule",
+            &with_identity(&format!(
+                "{HTTP_BASE}protocol = \"http\"\n[[inbound.route]]\npath = \"/a\"\n[[inbound.route.allow]]\nip = \"nope\"\n"
+            )),
+            "inbound[0].route[0].allow[0].ip",
+            "is not an IP address",
+        ),
+        case(
+            "http-header-limit",
+            &with_identity(&format!("{HTTP_BASE}protocol = \"http\"\n[inbound.http]\nmax_header_bytes = 100\n")),
+            "inbound[0].http.max_header_bytes",
+            "must be from 8192 to 1048576",
+        ),
+        case(
+            "audit-without-rules-is-fine-but-a-bad-shadow-rule-is-not",
+            &with_identity(
+                "[[inbound]]\nname = \"api\"\nlisten = \"0.0.0.0:8443\"\nbackend = \"127.0.0.1:8080\"\n\
+                 authz_mode = \"audit\"\n[[inbound.shadow_allow]]\n",
+            ),
+            "inbound[0].shadow_allow[0]",
+            "the rule names no field",
+        ),
     ]
 }
+
+/// An inbound listener that admits any verified peer, to add keys to.
+const HTTP_BASE: &str = "[[inbound]]\nname = \"api\"\nlisten = \"0.0.0.0:8443\"\n\
+                         backend = \"127.0.0.1:8080\"\nallow_any_authenticated = true\n";
 
 #[test]
 fn malformed_configs_are_refused_with_file_key_and_reason() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 
-use super::rules::{compile_authorizer, compile_policy, compile_rule};
+use super::rules::{compile_authorizer, compile_http_authz, compile_policy, compile_rule};
 use super::schema::{
     AllowRule, AuthzMode, BackendProtocol, Config, HttpLimits, IdentityConfig, IdentityHeaderKind,
     InboundConfig, ListenerProtocol,
@@ -466,6 +466,14 @@ fn check_http(errors: &mut Errors, at: &str, inbound: &InboundConfig) {
             format!("{at}.spiffe_id_header"),
             format!("{:?} is not a valid header name", inbound.spiffe_id_header),
         ),
+    }
+    // Route rules (the listener's own are checked with the TCP rules).
+    if let Err(rule_errors) = compile_http_authz(inbound) {
+        for (key, reason) in rule_errors {
+            if key.starts_with("route[") {
+                errors.push(format!("{at}.{key}"), reason);
+            }
+        }
     }
     let mut seen = Vec::new();
     for kind in &inbound.identity_headers {
