@@ -109,6 +109,12 @@ pub enum AuthzCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// For an HTTP listener: decide a request for this path by route.
+        #[arg(long)]
+        path: Option<String>,
+        /// For an HTTP listener: the request method [default: GET].
+        #[arg(long)]
+        method: Option<String>,
         /// PEM file with the peer's certificate chain, leaf first.
         cert: PathBuf,
     },

@@ -59,6 +59,8 @@ fn main() -> ExitCode {
                     listener,
                     at,
                     json,
+                    path,
+                    method,
                     cert,
                 },
         } => {
@@ -67,6 +69,8 @@ fn main() -> ExitCode {
                 listener,
                 at,
                 cert,
+                path,
+                method,
             };
             match portcullis::authz::explain::explain(&request) {
                 Ok(explanation) => {

@@ -894,3 +894,51 @@ fn reloading_routes_under_load_drops_no_connection() {
     );
     assert!(out.ends_with(" 403"), "{out}");
 }
+
+#[test]
+fn explain_agrees_with_the_running_listener_route_by_route() {
+    if !require_tool("curl") {
+        return;
+    }
+    let fx = Fixture::new(ROUTES);
+    let cases = [
+        ("frontend", FRONTEND, "GET", "/api/a", true),
+        ("frontend", FRONTEND, "POST", "/admin/users", false),
+        ("frontend", FRONTEND, "GET", "/admin/users", true),
+        ("ops", "ns/web/sa/ops", "POST", "/admin/users", true),
+        ("ops", "ns/web/sa/ops", "GET", "/api/a", true),
+    ];
+    for (name, path, method, url, allowed) in cases {
+        let (_, cert, key) = fx.client(name, &Leaf::spiffe(path));
+        let (out, err) = fx.curl(
+            &cert,
+            &key,
+            &["-X", method, "-o", "/dev/null", "-w", "%{http_code}"],
+            url,
+        );
+        let running = out == "200";
+        assert_eq!(running, allowed, "{name} {method} {url}: {out}{err}");
+        let mut command = Command::new(binary());
+        command
+            .args(["authz", "explain", "-c"])
+            .arg(&fx.proxy.config_path)
+            .args(["--path", url, "--method", method, "--json"])
+            .arg(&cert);
+        let done = run_with_input(&mut command, b"", Duration::from_secs(30));
+        assert_eq!(
+            done.status.code(),
+            Some(if running { 0 } else { 1 }),
+            "{name} {method} {url}: {}{}",
+            done.stdout,
+            done.stderr
+        );
+        let json: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
+        let route = if url.starts_with("/admin") && method == "POST" {
+            "/admin/**"
+        } else {
+            "default"
+        };
+        assert_eq!(json["route"], route, "{name} {method} {url}");
+        assert_eq!(json["handshake_admits"], true);
+    }
+}

@@ -30,12 +30,19 @@ pub struct ExplainRequest {
     pub at: Option<String>,
     /// PEM file with the peer's chain, leaf first.
     pub cert: PathBuf,
+    /// For an HTTP listener: the request path to decide by route.
+    pub path: Option<String>,
+    /// For an HTTP listener: the request method (default GET).
+    pub method: Option<String>,
 }
 
 /// The outcome of `authz explain`.
 #[derive(Debug, Clone)]
 pub struct Explanation {
     listener: String,
+    /// For an HTTP listener: the route that decided (`default`: the
+    /// listener's own rules), and whether the handshake admits the peer.
+    route: Option<(String, bool)>,
     at: UnixTime,
     presented: usize,
     chain: Result<(), (String, String)>,
@@ -79,20 +86,53 @@ pub fn explain(request: &ExplainRequest) -> Result<Explanation, AuthzError> {
         .map(|listener| listener.settings.clone())
         .collect();
     let settings = pick_listener(&inbound, request.listener.as_deref())?;
-    let authz = settings.authz.clone();
-    let verifier = InboundVerifier::new(prepared.store.clone(), authz.clone());
+    let handshake_authz = settings.authz.clone();
+    let verifier = InboundVerifier::new(prepared.store.clone(), handshake_authz.clone());
     let (leaf, intermediates) = chain
         .split_first()
         .ok_or_else(|| AuthzError::Input(format!("{}: no certificate", request.cert.display())))?;
     let judged = verifier.judge(leaf, intermediates, at);
-    let (chain_result, identity, verdict) = match judged {
-        Ok((identity, verdict)) => (Ok(()), Some((*identity).clone()), Some(verdict)),
+    // An HTTP listener decides each request by route; its handshake only
+    // asks whether any rule could allow the peer.
+    let (authz, route_label) = match (&settings.http, &request.path) {
+        (Some(http), path) => {
+            let method = request.method.as_deref().unwrap_or("GET");
+            let method = hyper::Method::from_bytes(method.as_bytes()).map_err(|_| {
+                AuthzError::Input(format!("--method {method:?} is not an HTTP method"))
+            })?;
+            let path = path.as_deref().unwrap_or("/");
+            if !path.starts_with('/') {
+                return Err(AuthzError::Input(format!(
+                    "--path {path:?} must start with '/'"
+                )));
+            }
+            let (label, authz) = http.routes.decide(&method, path);
+            (Arc::new(authz.clone()), Some(label.to_string()))
+        }
+        (None, Some(_)) => {
+            return Err(AuthzError::Input(format!(
+                "listener {:?} is a TCP listener: --path and --method apply to protocol = \"http\"",
+                &*settings.name
+            )))
+        }
+        (None, None) => (handshake_authz.clone(), None),
+    };
+    let (chain_result, identity, verdict, admitted) = match judged {
+        Ok((identity, handshake)) => {
+            let verdict = authz.authorize(&identity);
+            (
+                Ok(()),
+                Some((*identity).clone()),
+                Some(verdict),
+                handshake.admitted(),
+            )
+        }
         Err(refusal) => {
             // The proxy reads no identity from a refused chain; the fields
             // are shown for the reader, marked as unverified.
             let unverified = PeerIdentity::from_der(leaf, authz.extension_oids()).ok();
             let label = tls_failure_reason(&refusal.error).to_string();
-            (Err((label, refusal.detail)), unverified, None)
+            (Err((label, refusal.detail)), unverified, None, false)
         }
     };
     // Rules are consulted only for a chain that verified, as in the proxy.
@@ -102,6 +142,7 @@ pub fn explain(request: &ExplainRequest) -> Result<Explanation, AuthzError> {
     };
     Ok(Explanation {
         listener: settings.name.to_string(),
+        route: route_label.map(|label| (label, admitted)),
         at,
         presented: chain.len(),
         chain: chain_result,
@@ -249,6 +290,8 @@ impl Explanation {
     pub fn to_json(&self) -> Value {
         json!({
             "listener": self.listener,
+            "route": self.route.as_ref().map(|(label, _)| label),
+            "handshake_admits": self.route.as_ref().map(|(_, admits)| admits),
             "at": rfc3339(self.at),
             "mode": self.authz.mode().as_str(),
             "certificates_presented": self.presented,
@@ -323,14 +366,35 @@ impl Explanation {
                 out.push_str(&field(oid, values.clone()));
             }
         }
+        if let (Some((route, admits)), true) = (&self.route, self.chain.is_ok()) {
+            let whose = if route == crate::http::routes::DEFAULT_ROUTE {
+                "no route matches: the listener's own rules decide".to_string()
+            } else {
+                format!("route {route} decides")
+            };
+            out.push_str(&format!(
+                "HTTP: {whose}; the handshake {} this peer\n",
+                if *admits {
+                    "admits"
+                } else {
+                    "refuses (no rule could allow)"
+                }
+            ));
+        }
         if self.chain.is_ok() {
             if self.authz.enforced().allows_any_authenticated() {
                 out.push_str("rules: allow_any_authenticated = true (every verified peer)\n");
             } else if self.rules.is_empty() {
                 out.push_str("rules: none (deny by default)\n");
             } else {
+                let list = match &self.route {
+                    Some((route, _)) if route != crate::http::routes::DEFAULT_ROUTE => {
+                        "route.allow"
+                    }
+                    _ => "allow",
+                };
                 out.push_str("rules:\n");
-                out.push_str(&rules_text("allow", &self.rules));
+                out.push_str(&rules_text(list, &self.rules));
             }
             if let Some(shadow) = &self.shadow_rules {
                 out.push_str("shadow rules (reported, never enforced):\n");
@@ -347,6 +411,9 @@ impl Explanation {
             (_, "would_deny") => {
                 "would_deny: the rules deny this peer; in audit mode the proxy admits it"
                     .to_string()
+            }
+            (_, "deny") if self.route.is_some() => {
+                "deny: the proxy answers this request 403 forbidden".to_string()
             }
             (_, "deny") => "deny: the proxy refuses this peer with access_denied".to_string(),
             (_, other) => format!("{other}: the proxy refuses this chain before any rule"),

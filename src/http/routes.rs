@@ -59,6 +59,21 @@ impl Routes {
         }
     }
 
+    /// The listener's own rules (requests no route matches).
+    pub fn listener(&self) -> &Arc<Authorizer> {
+        &self.listener
+    }
+
+    /// How many routes there are.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// True when there is no route.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
     /// The route label and the authorizer that decide a request.
     pub fn decide(&self, method: &Method, path: &str) -> (&Arc<str>, &Authorizer) {
         match self.routes.iter().find(|r| r.matches(method, path)) {

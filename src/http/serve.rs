@@ -13,7 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, HOST, UPGRADE};
+use hyper::header::{HeaderValue, CONNECTION, HOST, TRANSFER_ENCODING, UPGRADE};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -138,6 +138,21 @@ async fn proxy(mut request: Request<Incoming>, connection: Arc<Connection>) -> R
         tracing::warn!(listener = %connection.listener, route = %route, peer_identity = %connection.peer_name, %method, %path, decision = "would_deny", %reason, "request would be denied (authz_mode = \"audit\"); forwarded");
     }
 
+    if !only_chunked(request.headers()) {
+        // hyper undoes only the chunked framing and Transfer-Encoding is not
+        // forwarded: the backend would take `gzip`-coded bytes for the body.
+        tracing::warn!(listener = %connection.listener, peer_identity = %connection.peer_name, %method, %path, "unsupported transfer coding");
+        let mut refused = answer(
+            &connection,
+            &log,
+            StatusCode::NOT_IMPLEMENTED,
+            "not implemented\n",
+        );
+        refused
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return refused;
+    }
     let upgrade = client_version == Version::HTTP_11 && is_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let backend_request = match to_backend(request, &connection, upgrade) {
@@ -252,6 +267,20 @@ async fn drain(body: Incoming) -> bool {
 const DRAIN_LIMIT: usize = 64 * 1024;
 /// Longest wait for a refused request's body.
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// No Transfer-Encoding, or exactly `chunked` (the one coding hyper decodes;
+/// RFC 9112 6.1 answers any other with 501).
+fn only_chunked(headers: &hyper::HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim);
+    match codings.next() {
+        None => true,
+        Some(first) => first.eq_ignore_ascii_case("chunked") && codings.next().is_none(),
+    }
+}
 
 /// `Connection: upgrade` with an `Upgrade` header (HTTP/1.1 only).
 fn is_upgrade(headers: &hyper::HeaderMap) -> bool {
