@@ -32,6 +32,17 @@ pub struct ListenerSpec<'a> {
     pub max_connections: usize,
 }
 
+impl<'a> ListenerSpec<'a> {
+    /// Name, address and connection limit.
+    pub fn new(name: &'a str, listen: SocketAddr, max_connections: usize) -> Self {
+        ListenerSpec {
+            name,
+            listen,
+            max_connections,
+        }
+    }
+}
+
 /// One kind of listener, implemented by its settings type (what a connection
 /// reads once, at accept).
 pub trait ListenerKind: Sized + Send + Sync + 'static {
@@ -86,22 +97,12 @@ impl ListenerKind for InboundSettings {
     }
 
     fn spec(entry: &InboundConfig) -> ListenerSpec<'_> {
-        ListenerSpec {
-            name: &entry.name,
-            listen: entry.listen,
-            max_connections: entry.max_connections,
-        }
+        ListenerSpec::new(&entry.name, entry.listen, entry.max_connections)
     }
 
     fn build(entry: &InboundConfig, store: &Arc<IdentityStore>) -> Result<Self, String> {
-        let policy =
-            compile_policy(&entry.allow, entry.allow_any_authenticated).map_err(|errors| {
-                errors
-                    .iter()
-                    .map(|(rule, e)| format!("allow[{rule}].{e}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })?;
+        let policy = compile_policy(&entry.allow, entry.allow_any_authenticated)
+            .map_err(|errors| joined(&errors, |(rule, e)| format!("allow[{rule}].{e}")))?;
         let policy = Arc::new(policy);
         let server = tls::inbound_server_config(store, policy.clone(), entry.tls_min_version)
             .map_err(|e| e.to_string())?;
@@ -162,21 +163,12 @@ impl ListenerKind for OutboundSettings {
     }
 
     fn spec(entry: &OutboundConfig) -> ListenerSpec<'_> {
-        ListenerSpec {
-            name: &entry.name,
-            listen: entry.listen,
-            max_connections: entry.max_connections,
-        }
+        ListenerSpec::new(&entry.name, entry.listen, entry.max_connections)
     }
 
     fn build(entry: &OutboundConfig, store: &Arc<IdentityStore>) -> Result<Self, String> {
-        let expect = compile_rule(&entry.expect).map_err(|errors| {
-            errors
-                .iter()
-                .map(|e| format!("expect.{e}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
+        let expect = compile_rule(&entry.expect)
+            .map_err(|errors| joined(&errors, |e| format!("expect.{e}")))?;
         let client = tls::outbound_client_config(store, Arc::new(expect), entry.tls_min_version)
             .map_err(|e| e.to_string())?;
         OutboundSettings::new(entry, TlsConnector::from(client))
@@ -190,4 +182,9 @@ impl ListenerKind for OutboundSettings {
     ) -> impl Future<Output = ()> + Send + 'static {
         outbound::handle(stream, peer, settings, ctx)
     }
+}
+
+/// Every error, described and joined into one reason.
+fn joined<T>(errors: &[T], describe: impl Fn(&T) -> String) -> String {
+    errors.iter().map(describe).collect::<Vec<_>>().join("; ")
 }
