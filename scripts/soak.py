@@ -66,12 +66,6 @@ def human_bytes(n):
     return f"{n} B"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(cmd, **kwargs):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kwargs)
 
@@ -225,14 +219,16 @@ class Proxy:
         self.dir = os.path.join(dir, f"conf-{name}")
         os.makedirs(self.dir)
         self.config_path = os.path.join(self.dir, "portcullis.toml")
-        self.admin_port = free_port()
+        # Every listener binds port 0; the proxy says where in its ready file.
+        self.ready_path = os.path.join(self.dir, "ready.json")
+        self.admin_port = None
         self.config = config
         self.generation = 0
         self.write_config()
         self.log_path = os.path.join(dir, f"{name}.log")
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [binary, "run", "-c", self.config_path],
+            [binary, "run", "-c", self.config_path, "--ready-file", self.ready_path],
             stdout=self.log, stderr=subprocess.STDOUT,
             env=dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn")))
         self.pid = self.process.pid
@@ -241,7 +237,7 @@ class Proxy:
         # The idle timeout changes on every rewrite, so each reload is a real
         # change to the listener, applied to new connections.
         idle = 3600 + self.generation % 2
-        text = f"[admin]\nlisten = \"127.0.0.1:{self.admin_port}\"\n\n" + \
+        text = "[admin]\nlisten = \"127.0.0.1:0\"\n\n" + \
             self.config.replace("IDLE_TIMEOUT", f"\"{idle}s\"")
         tmp = self.config_path + ".tmp"
         with open(tmp, "w") as f:
@@ -256,7 +252,27 @@ class Proxy:
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
 
+    def wait_bound(self, limit=20):
+        """Wait for the ready file; learn the admin port from it."""
+        deadline = time.monotonic() + limit
+        while not os.path.exists(self.ready_path):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} proxy exited: {self.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} proxy not bound in {limit}s: {self.tail()}")
+            time.sleep(0.05)
+        self.admin_port = self.listener("admin")[1]
+
+    def listener(self, kind, name=None):
+        """(host, port) of a listener, as the ready file says now."""
+        with open(self.ready_path) as f:
+            bound = json.load(f)
+        address = bound[kind] if name is None else bound[kind][name]
+        host, port = address.rsplit(":", 1)
+        return host, int(port)
+
     def wait_ready(self, limit=20):
+        self.wait_bound(limit)
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -572,7 +588,6 @@ def main():
             echo = EchoServer(("127.0.0.1", 0), EchoHandler)
             threading.Thread(target=echo.serve_forever, daemon=True).start()
             backend_port = echo.server_address[1]
-            inbound_port, outbound_port = free_port(), free_port()
 
             inbound = Proxy("inbound", binary, workdir, f"""
 [identity]
@@ -583,7 +598,7 @@ trust_bundle = "{bundle}"
 
 [[inbound]]
 name = "api"
-listen = "127.0.0.1:{inbound_port}"
+listen = "127.0.0.1:0"
 backend = "127.0.0.1:{backend_port}"
 idle_timeout = IDLE_TIMEOUT
 max_connections = 4096
@@ -592,6 +607,8 @@ max_connections = 4096
   spiffe_id = "{CLIENT_ID}"
 """)
             proxies.append(inbound)
+            inbound.wait_bound()
+            inbound_port = inbound.listener("inbound", "api")[1]
             outbound = Proxy("outbound", binary, workdir, f"""
 [identity]
 source = "files"
@@ -601,7 +618,7 @@ trust_bundle = "{bundle}"
 
 [[outbound]]
 name = "api"
-listen = "127.0.0.1:{outbound_port}"
+listen = "127.0.0.1:0"
 upstream = "127.0.0.1:{inbound_port}"
 server_name = "{SERVER_DNS}"
 expect = {{ spiffe_id = "{SERVER_ID}" }}
@@ -611,6 +628,7 @@ max_connections = 4096
             proxies.append(outbound)
             for proxy in proxies:
                 proxy.wait_ready()
+            outbound_port = outbound.listener("outbound", "api")[1]
             one_connection(outbound_port, b"hello through both proxies", 10)
         except Exception as error:
             print(f"soak: setup failed: {error}", file=sys.stderr)

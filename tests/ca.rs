@@ -9,14 +9,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{binary, free_port, metric_value};
+use common::{binary, free_port, metric_value, parse_http_response, spawn_logged};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
     SanType,
@@ -29,6 +29,13 @@ const TD: &str = "example.org";
 
 fn run(args: &[&str]) -> Output {
     Command::new(binary()).args(args).output().unwrap()
+}
+
+/// `portcullis ARGS` fails and its stderr says `reason`.
+fn fails_saying(args: &[&str], reason: &str) {
+    let out = run(args);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(stderr(&out).contains(reason), "{}", stderr(&out));
 }
 
 fn stderr(out: &Output) -> String {
@@ -124,24 +131,11 @@ impl TestCa {
             text.push_str(extra);
             let config = self.path(&format!("serve-{port}.toml"));
             std::fs::write(&config, text).unwrap();
-            let mut child = Command::new(binary())
-                .args(["ca", "serve", "-c"])
-                .arg(&config)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let log = Arc::new(Mutex::new(String::new()));
-            let sink = log.clone();
-            let stderr = child.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut log = sink.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
+            let (child, log) = spawn_logged(
+                Command::new(binary())
+                    .args(["ca", "serve", "-c"])
+                    .arg(&config),
+            );
             let mut server = Server {
                 child,
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -258,17 +252,7 @@ impl Server {
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
             Err(e) => return Err(e),
         }
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
+        Ok(parse_http_response(&String::from_utf8_lossy(&response)))
     }
 
     fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
@@ -455,19 +439,16 @@ fn init_refuses_to_overwrite_and_writes_keys_0600() {
             )
         })
         .collect();
-    let out = run(&[
-        "ca",
-        "init",
-        "--dir",
-        ca.dir.to_str().unwrap(),
-        "--trust-domain",
-        "other.org",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("already holds a CA"),
-        "{}",
-        stderr(&out)
+    fails_saying(
+        &[
+            "ca",
+            "init",
+            "--dir",
+            ca.dir.to_str().unwrap(),
+            "--trust-domain",
+            "other.org",
+        ],
+        "already holds a CA",
     );
     for (path, contents) in &before {
         assert_eq!(
@@ -478,19 +459,16 @@ fn init_refuses_to_overwrite_and_writes_keys_0600() {
     }
     assert_eq!(std::fs::read_dir(&ca.dir).unwrap().count(), before.len());
 
-    let out = run(&[
-        "ca",
-        "init",
-        "--dir",
-        ca.path("second").to_str().unwrap(),
-        "--trust-domain",
-        "Not_Valid/.org",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("invalid trust domain"),
-        "{}",
-        stderr(&out)
+    fails_saying(
+        &[
+            "ca",
+            "init",
+            "--dir",
+            ca.path("second").to_str().unwrap(),
+            "--trust-domain",
+            "Not_Valid/.org",
+        ],
+        "invalid trust domain",
     );
     assert!(!ca.path("second").exists());
 }
@@ -538,18 +516,19 @@ fn offline_issue_chain_verifies_with_only_the_spiffe_uri() {
         .read("issuance.log")
         .contains("\"credential\":\"offline\""));
 
-    let out = run(&[
-        "ca",
-        "issue",
-        "--dir",
-        ca.dir.to_str().unwrap(),
-        "--spiffe-id",
-        "spiffe://other.org/x",
-        "--out",
-        ca.path("out/other").to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("trust domain"), "{}", stderr(&out));
+    fails_saying(
+        &[
+            "ca",
+            "issue",
+            "--dir",
+            ca.dir.to_str().unwrap(),
+            "--spiffe-id",
+            "spiffe://other.org/x",
+            "--out",
+            ca.path("out/other").to_str().unwrap(),
+        ],
+        "trust domain",
+    );
 }
 
 #[test]
@@ -979,9 +958,7 @@ fn serve_refuses_an_invalid_config_and_a_wrong_trust_domain() {
             .replace("max_ttl = \"24h\"", "max_tll = \"24h\""),
     )
     .unwrap();
-    let out = run(&["ca", "serve", "-c", config.to_str().unwrap()]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("max_tll"), "{}", stderr(&out));
+    fails_saying(&["ca", "serve", "-c", config.to_str().unwrap()], "max_tll");
     std::fs::write(
         &config,
         ca.read("ca.toml").replace(
@@ -990,7 +967,8 @@ fn serve_refuses_an_invalid_config_and_a_wrong_trust_domain() {
         ),
     )
     .unwrap();
-    let out = run(&["ca", "serve", "-c", config.to_str().unwrap()]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("trust_domain"), "{}", stderr(&out));
+    fails_saying(
+        &["ca", "serve", "-c", config.to_str().unwrap()],
+        "trust_domain",
+    );
 }

@@ -29,16 +29,14 @@ struct CaServer {
 impl CaServer {
     fn init(root: &Path) -> CaServer {
         let dir = root.join("ca");
-        let out = Command::new(binary())
-            .args(["ca", "init", "--trust-domain", TD, "--dir"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        portcullis_ok([
+            "ca",
+            "init",
+            "--trust-domain",
+            TD,
+            "--dir",
+            dir.to_str().unwrap(),
+        ]);
         let port = free_port();
         let config = std::fs::read_to_string(dir.join("ca.toml")).unwrap();
         let config = config
@@ -80,58 +78,33 @@ impl CaServer {
         }
     }
 
+    /// `portcullis ca ARGS --dir DIR`, which must succeed; its stdout.
+    fn ca(&self, args: &[&str]) -> Vec<u8> {
+        let dir = self.dir.to_str().unwrap();
+        portcullis_ok(["ca"].iter().chain(args).chain(&["--dir", dir]))
+    }
+
     fn token(&self, spiffe_id: &str, file: &Path) {
-        let out = Command::new(binary())
-            .args(["ca", "token", "--spiffe-id", spiffe_id, "--dir"])
-            .arg(&self.dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::write(file, out.stdout).unwrap();
+        let token = self.ca(&["token", "--spiffe-id", spiffe_id]);
+        std::fs::write(file, token).unwrap();
     }
 
     /// Offline issuance; returns the client credentials for a rustls client.
     fn issue(&self, spiffe_id: &str, prefix: &Path) -> Issued {
-        let out = Command::new(binary())
-            .args([
-                "ca",
-                "issue",
-                "--ttl",
-                "1h",
-                "--spiffe-id",
-                spiffe_id,
-                "--dir",
-            ])
-            .arg(&self.dir)
-            .arg("--out")
-            .arg(prefix)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let chain_pem = std::fs::read_to_string(prefix.with_extension("crt")).unwrap();
-        let key = std::fs::read(prefix.with_extension("key")).unwrap();
-        let cert_der = rustls_pemfile::certs(&mut chain_pem.as_bytes())
-            .next()
-            .unwrap()
-            .unwrap();
-        Issued {
-            cert_der,
-            chain_pem,
-            key_pem: String::new(),
-            key_der: rustls_pemfile::private_key(&mut key.as_slice())
-                .unwrap()
-                .unwrap()
-                .secret_der()
-                .to_vec(),
-        }
+        let out = prefix.to_str().unwrap();
+        self.ca(&[
+            "issue",
+            "--ttl",
+            "1h",
+            "--spiffe-id",
+            spiffe_id,
+            "--out",
+            out,
+        ]);
+        Issued::from_pem(
+            &std::fs::read_to_string(prefix.with_extension("crt")).unwrap(),
+            &std::fs::read_to_string(prefix.with_extension("key")).unwrap(),
+        )
     }
 
     fn bundle_pem(&self) -> String {
@@ -162,11 +135,13 @@ fn rotations(proxy: &Proxy) -> f64 {
     )
 }
 
-/// The serial of the certificate the inbound proxy presents now.
-fn served_serial(addr: SocketAddr, client: &Arc<rustls::ClientConfig>) -> Option<String> {
-    let stream = tls_connect(addr, "localhost", client.clone()).ok()?;
-    let der = stream.conn.peer_certificates()?.first()?.clone();
-    Some(portcullis::inspect::summarize_der(&der).ok()?.serial)
+/// A proxy with `identity` (TOML) and one inbound listener `api` in front
+/// of an echo backend admitting the frontend; returns it and where `api` is.
+fn api_proxy(dir: &Path, identity: &str) -> (Proxy, SocketAddr) {
+    let listener = inbound_table("api", echo_backend(), &allow_spiffe("ns/web/sa/frontend"));
+    let proxy = Proxy::start(dir, &format!("{identity}{listener}"));
+    let addr = proxy.inbound("api");
+    (proxy, addr)
 }
 
 #[test]
@@ -179,15 +154,7 @@ fn rotations_under_traffic_break_nothing() {
     ca.token("spiffe://example.org/ns/web/sa/frontend", &web_token);
 
     // Inbound "api" in front of an echo backend, admitting the frontend.
-    let inbound = Proxy::start(
-        tmp.path(),
-        &format!(
-            "{}{}",
-            ca.identity_toml(&api_token, "4s"),
-            inbound_table("api", echo_backend(), &allow_spiffe("ns/web/sa/frontend"))
-        ),
-    );
-    let in_addr = inbound.inbound("api");
+    let (inbound, in_addr) = api_proxy(tmp.path(), &ca.identity_toml(&api_token, "4s"));
     // Outbound "frontend" dialing it, expecting the api identity.
     let outbound = Proxy::start(
         tmp.path(),
@@ -238,16 +205,7 @@ fn rotations_under_traffic_break_nothing() {
         let (stop, failures, exchanges) = (stop.clone(), failures.clone(), exchanges.clone());
         threads.push(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let ok = (|| -> std::io::Result<bool> {
-                    let mut s = TcpStream::connect(out_addr)?;
-                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-                    s.write_all(b"fresh")?;
-                    s.shutdown(std::net::Shutdown::Write)?;
-                    let mut got = Vec::new();
-                    s.read_to_end(&mut got)?;
-                    Ok(got == b"fresh")
-                })()
-                .unwrap_or(false);
+                let ok = plain_exchange(out_addr, b"fresh").is_ok_and(|got| got == b"fresh");
                 if ok {
                     exchanges.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -272,7 +230,7 @@ fn rotations_under_traffic_break_nothing() {
             "too few rotations: {serials:?}\n{}",
             inbound.logs()
         );
-        if let Some(serial) = served_serial(in_addr, &observer) {
+        if let Some(serial) = served_serial(in_addr, "localhost", &observer) {
             serials.insert(serial);
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -316,15 +274,7 @@ fn ca_outage_keeps_serving_until_expiry_then_recovers_by_itself() {
     let mut ca = CaServer::init(tmp.path());
     let token = tmp.path().join("api.token");
     ca.token("spiffe://example.org/ns/api/sa/server", &token);
-    let proxy = Proxy::start(
-        tmp.path(),
-        &format!(
-            "{}{}",
-            ca.identity_toml(&token, "6s"),
-            inbound_table("api", echo_backend(), &allow_spiffe("ns/web/sa/frontend"))
-        ),
-    );
-    let addr = proxy.inbound("api");
+    let (proxy, addr) = api_proxy(tmp.path(), &ca.identity_toml(&token, "6s"));
     let client = ca.issue(
         "spiffe://example.org/ns/web/sa/frontend",
         &tmp.path().join("c"),
@@ -385,15 +335,11 @@ fn a_revoked_peer_is_refused_by_an_inbound_proxy_with_the_crl() {
         std::fs::rename(tmp.path().join("ca.crl.tmp"), tmp.path().join("ca.crl")).unwrap();
     };
     fetch_crl();
-    let proxy = Proxy::start(
+    let (proxy, addr) = api_proxy(
         tmp.path(),
-        &format!(
-            "[identity]\nsource = \"files\"\ncert = \"server.crt\"\nkey = \"server.key\"\n\
-             trust_bundle = \"server.bundle.crt\"\ncrls = [\"ca.crl\"]\n{}",
-            inbound_table("api", echo_backend(), &allow_spiffe("ns/web/sa/frontend"))
-        ),
+        "[identity]\nsource = \"files\"\ncert = \"server.crt\"\nkey = \"server.key\"\n\
+         trust_bundle = \"server.bundle.crt\"\ncrls = [\"ca.crl\"]\n",
     );
-    let addr = proxy.inbound("api");
     let victim = ca.issue(
         "spiffe://example.org/ns/web/sa/frontend",
         &tmp.path().join("victim"),
@@ -409,16 +355,7 @@ fn a_revoked_peer_is_refused_by_an_inbound_proxy_with_the_crl() {
     let serial = portcullis::inspect::summarize_der(&victim.cert_der)
         .unwrap()
         .serial;
-    let out = Command::new(binary())
-        .args(["ca", "revoke", "--serial", &serial, "--dir"])
-        .arg(&ca.dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ca.ca(&["revoke", "--serial", &serial]);
     // The CA rebuilds its CRL when revoked.txt changes; fetch until listed.
     wait_for(
         "the CRL to list the serial",
@@ -472,15 +409,7 @@ fn a_new_root_added_to_the_ca_bundle_is_trusted_after_refresh() {
     let mut ca = CaServer::init(tmp.path());
     let token = tmp.path().join("api.token");
     ca.token("spiffe://example.org/ns/api/sa/server", &token);
-    let proxy = Proxy::start(
-        tmp.path(),
-        &format!(
-            "{}{}",
-            ca.identity_toml(&token, "1h"),
-            inbound_table("api", echo_backend(), &allow_spiffe("ns/web/sa/frontend"))
-        ),
-    );
-    let addr = proxy.inbound("api");
+    let (proxy, addr) = api_proxy(tmp.path(), &ca.identity_toml(&token, "1h"));
     // A peer whose chain leads to a root the proxy does not trust yet.
     let next_root = Ca::root("Next Root CA");
     let peer = next_root.issue(&Leaf::spiffe("ns/web/sa/frontend"));

@@ -4,22 +4,21 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
-fn server_leaf(serial: u64) -> Leaf {
+/// The proxy's certificate (see `common::server_leaf`) with `serial`.
+fn serial_leaf(serial: u64) -> Leaf {
     Leaf {
-        dns: vec!["proxy.example.org".into()],
         serial: Some(serial),
-        ..Leaf::spiffe("ns/api/sa/server")
+        ..server_leaf()
     }
 }
 
 fn start(pki: &Pki) -> (Proxy, SocketAddr) {
-    pki.issue_files("server", &server_leaf(0x1001));
+    pki.issue_files("server", &serial_leaf(0x1001));
     let config = format!(
         "{}{}",
         pki.identity_toml("server"),
@@ -30,56 +29,30 @@ fn start(pki: &Pki) -> (Proxy, SocketAddr) {
     (proxy, addr)
 }
 
-/// The serial (hex) of the certificate the proxy presents now.
-fn served_serial(addr: SocketAddr, client: &std::sync::Arc<rustls::ClientConfig>) -> String {
-    let stream = tls_connect(addr, "proxy.example.org", client.clone()).unwrap();
-    let certs = stream.conn.peer_certificates().unwrap();
-    portcullis::inspect::summarize_der(&certs[0])
-        .unwrap()
-        .serial
-}
-
-/// Replace a file the way cert-manager and editors do: write aside, rename.
-fn replace(path: &std::path::Path, contents: &str) {
-    let tmp = path.with_extension("tmp");
-    write_private(&tmp, contents);
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn echo(stream: &mut Client, msg: &[u8]) {
-    stream.write_all(msg).unwrap();
-    stream.flush().unwrap();
-    let mut buf = vec![0u8; msg.len()];
-    stream.read_exact(&mut buf).unwrap();
-    assert_eq!(buf, msg);
-}
-
 #[test]
 fn replaced_cert_is_served_next_handshake_and_open_connection_survives() {
     let pki = Pki::new();
     let (proxy, addr) = start(&pki);
     let frontend = pki.intermediate.issue(&Leaf::spiffe("ns/web/sa/frontend"));
     let client = client_config(Some(&frontend), &pki.root.cert_pem);
-    assert_eq!(served_serial(addr, &client), "1001");
+    assert_eq!(
+        served_serial(addr, "proxy.example.org", &client).unwrap_or_default(),
+        "1001"
+    );
 
     let mut live = tls_connect(addr, "proxy.example.org", client.clone()).unwrap();
     echo(&mut live, b"before rotation");
 
-    let next = pki.intermediate.issue(&server_leaf(0x2002));
+    let next = pki.intermediate.issue(&serial_leaf(0x2002));
     // Key first, then certificate: in between, the pair does not match and
     // must be refused without disturbing anything.
-    replace(&pki.path("server.key"), &next.key_pem);
-    replace(&pki.path("server.crt"), &next.chain_pem);
+    replace_atomically(&pki.path("server.key"), &next.key_pem);
+    replace_atomically(&pki.path("server.crt"), &next.chain_pem);
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while served_serial(addr, &client) != "2002" {
-        assert!(
-            Instant::now() < deadline,
-            "new cert not served; log:\n{}",
-            proxy.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let served = wait_until(Duration::from_secs(10), || {
+        served_serial(addr, "proxy.example.org", &client).as_deref() == Some("2002")
+    });
+    assert!(served, "new cert not served; log:\n{}", proxy.logs());
     // The connection opened before the rotation still works.
     echo(&mut live, b"after rotation");
     let metrics = proxy.metrics();
@@ -103,7 +76,7 @@ fn bad_replacement_keeps_the_old_cert() {
     let frontend = pki.intermediate.issue(&Leaf::spiffe("ns/web/sa/frontend"));
     let client = client_config(Some(&frontend), &pki.root.cert_pem);
 
-    replace(
+    replace_atomically(
         &pki.path("server.crt"),
         "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
     );
@@ -115,7 +88,10 @@ fn bad_replacement_keeps_the_old_cert() {
         "{}",
         proxy.logs()
     );
-    assert_eq!(served_serial(addr, &client), "1001");
+    assert_eq!(
+        served_serial(addr, "proxy.example.org", &client).unwrap_or_default(),
+        "1001"
+    );
     echo_roundtrip(addr, client.clone()).expect("old cert still serves");
     let metrics = proxy.metrics();
     assert!(
@@ -153,16 +129,15 @@ fn a_client_admitted_before_is_refused_once_its_ca_leaves_the_bundle() {
         echo_roundtrip(addr, theirs_cfg.clone()).expect("admitted while its root is trusted");
     }
 
-    replace(&pki.bundle(), &pki.root.cert_pem);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while echo_roundtrip(addr, theirs_cfg.clone()).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "still admitted after its root left the bundle; log:\n{}",
-            proxy.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    replace_atomically(&pki.bundle(), &pki.root.cert_pem);
+    let refused = wait_until(Duration::from_secs(10), || {
+        echo_roundtrip(addr, theirs_cfg.clone()).is_err()
+    });
+    assert!(
+        refused,
+        "still admitted after its root left the bundle; log:\n{}",
+        proxy.logs()
+    );
     // Refused from now on, every time; the other client is unaffected.
     for _ in 0..3 {
         assert!(echo_roundtrip(addr, theirs_cfg.clone()).is_err());

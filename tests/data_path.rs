@@ -5,115 +5,12 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-const FRONTEND_ID: &str = "spiffe://example.org/ns/web/sa/frontend";
-
-/// A running proxy with one inbound listener named `api`, plus a client
-/// config for an allowed peer.
-struct Setup {
-    proxy: Proxy,
-    addr: SocketAddr,
-    client: Arc<rustls::ClientConfig>,
-    _pki: Pki,
-}
-
-/// Start a proxy whose `api` listener forwards to `backend` and admits
-/// `FRONTEND_ID`. `listener_extra` goes into the `[[inbound]]` table,
-/// `global_extra` before it (e.g. a `[shutdown]` table).
-fn start(backend: SocketAddr, listener_extra: &str, global_extra: &str) -> Setup {
-    let pki = Pki::new();
-    let body = format!("{listener_extra}\n[[inbound.allow]]\nspiffe_id = \"{FRONTEND_ID}\"\n");
-    let config = inbound_config(&pki, backend, global_extra, &body);
-    let proxy = Proxy::start(pki.dir.path(), &config);
-    let addr = proxy.inbound("api");
-    let frontend = pki.intermediate.issue(&Leaf {
-        cn: Some("frontend".into()),
-        ..Leaf::spiffe("ns/web/sa/frontend")
-    });
-    let client = client_config(Some(&frontend), &pki.root.cert_pem);
-    Setup {
-        proxy,
-        addr,
-        client,
-        _pki: pki,
-    }
-}
-
-impl Setup {
-    /// An established, admitted connection: handshake plus one echo round trip.
-    fn admitted(&self) -> Client {
-        let mut stream = tls_connect(self.addr, "proxy.example.org", self.client.clone())
-            .expect("TLS handshake with the proxy");
-        exchange(&mut stream, b"hello");
-        stream
-    }
-
-    fn metric(&self, metric: &str, labels: &[&str]) -> f64 {
-        metric_value(&self.proxy.metrics(), metric, labels)
-    }
-
-    /// Wait until `metric{labels}` equals `want`; panics with the metrics otherwise.
-    fn wait_metric(&self, metric: &str, labels: &[&str], want: f64) {
-        let ok = wait_until(Duration::from_secs(5), || {
-            self.metric(metric, labels) == want
-        });
-        assert!(
-            ok,
-            "{metric}{labels:?} never became {want}\n{}",
-            self.proxy.metrics()
-        );
-    }
-}
-
-/// Write `data` and read exactly as many bytes back; they must match.
-fn exchange(stream: &mut Client, data: &[u8]) {
-    stream.write_all(data).expect("write to the proxy");
-    stream.flush().expect("flush to the proxy");
-    let mut echo = vec![0u8; data.len()];
-    stream.read_exact(&mut echo).expect("read the echo");
-    assert!(echo == data, "echo differs from what was sent");
-}
-
-/// A read that gave up because of the socket's read timeout: the peer never
-/// closed.
-fn is_read_timeout(error: &std::io::Error) -> bool {
-    matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
-}
-
-/// Read until EOF or an error; returns what was read and how it ended.
-fn read_until_closed(reader: &mut impl Read) -> (Vec<u8>, std::io::Result<()>) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => return (got, Ok(())),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return (got, Err(e)),
-        }
-    }
-}
-
-/// Read a raw TCP stream until the proxy closes it (EOF or reset); panics
-/// when the read timeout (`limit`) passes first. Returns how long it took.
-fn wait_raw_closed(tcp: &mut TcpStream, limit: Duration) -> Duration {
-    let started = Instant::now();
-    tcp.set_read_timeout(Some(limit)).unwrap();
-    let (_, end) = read_until_closed(tcp);
-    if let Err(e) = &end {
-        assert!(
-            !is_read_timeout(e),
-            "the proxy did not close the connection within {limit:?}"
-        );
-    }
-    started.elapsed()
-}
 
 /// Deterministic pseudo-random bytes (xorshift64*).
 fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
@@ -127,20 +24,26 @@ fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Wait for the process to exit; returns its status and when it exited.
-fn wait_exit(proxy: &mut Proxy, limit: Duration) -> (std::process::ExitStatus, Instant) {
-    let deadline = Instant::now() + limit;
-    loop {
+/// Wait for the proxy to exit, successfully and less than `within` after
+/// `signalled`; returns its log.
+fn exits_zero_within(proxy: &mut Proxy, signalled: Instant, within: Duration) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
         if let Some(status) = proxy.child.try_wait().unwrap() {
-            return (status, Instant::now());
+            break status;
         }
         assert!(
             Instant::now() < deadline,
-            "portcullis still running {limit:?} after SIGTERM; log:\n{}",
+            "portcullis still running 10s after SIGTERM; log:\n{}",
             proxy.logs()
         );
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    let took = signalled.elapsed();
+    let logs = proxy.logs();
+    assert!(status.success(), "exit status {status}; log:\n{logs}");
+    assert!(took < within, "exited {took:?} after SIGTERM");
+    logs
 }
 
 // ---------------------------------------------------------------- half-close
@@ -160,7 +63,7 @@ fn half_close_gets_whole_response(end: ClientEnd) {
     // 1 MiB: far more than any one socket or pipe buffer holds.
     let reply: &'static [u8] = pseudo_random(1024 * 1024, 0x5eed).leak();
     let (backend, seen) = recording_backend(reply);
-    let setup = start(backend, "", "");
+    let setup = ApiProxy::start(backend, "", "");
 
     let request = pseudo_random(200 * 1024, 0xfeed);
     let mut stream = tls_connect(setup.addr, "proxy.example.org", setup.client.clone())
@@ -240,7 +143,7 @@ fn greeting_backend(greeting: &'static [u8]) -> (SocketAddr, Arc<std::sync::Mute
 #[test]
 fn backend_half_close_keeps_the_client_direction_open() {
     let (backend, seen) = greeting_backend(b"220 hello, send your data\r\n");
-    let setup = start(backend, "", "");
+    let setup = ApiProxy::start(backend, "", "");
     let mut stream = tls_connect(setup.addr, "proxy.example.org", setup.client.clone())
         .expect("TLS handshake with the proxy");
 
@@ -265,13 +168,7 @@ fn backend_half_close_keeps_the_client_direction_open() {
         setup.proxy.logs()
     );
     assert!(*seen.lock().unwrap() == upload, "upload bytes differ");
-    assert!(
-        setup
-            .proxy
-            .wait_for_log("close=complete", Duration::from_secs(5)),
-        "{}",
-        setup.proxy.logs()
-    );
+    setup.proxy.expect_log("close=complete");
 }
 
 // -------------------------------------------------------------- backend down
@@ -279,7 +176,7 @@ fn backend_half_close_keeps_the_client_direction_open() {
 #[test]
 fn backend_down_closes_client_cleanly() {
     let (_reserved, closed) = closed_port();
-    let setup = start(closed, "", "");
+    let setup = ApiProxy::start(closed, "", "");
     let mut stream = tls_connect(setup.addr, "proxy.example.org", setup.client.clone())
         .expect("the handshake itself succeeds");
     let started = Instant::now();
@@ -293,14 +190,8 @@ fn backend_down_closes_client_cleanly() {
     // The read timeout is 10 s; a refused connect takes milliseconds.
     assert!(took < Duration::from_secs(5), "close took {took:?}");
 
-    assert!(
-        setup
-            .proxy
-            .wait_for_log("backend unreachable", Duration::from_secs(5)),
-        "{}",
-        setup.proxy.logs()
-    );
-    setup.wait_metric(
+    setup.proxy.expect_log("backend unreachable");
+    setup.proxy.wait_metric(
         "portcullis_connection_errors_total",
         &["listener=\"api\"", "reason=\"connect_failed\""],
         1.0,
@@ -311,7 +202,7 @@ fn backend_down_closes_client_cleanly() {
 
 #[test]
 fn silent_client_is_closed_at_handshake_timeout() {
-    let setup = start(echo_backend(), "handshake_timeout = \"500ms\"", "");
+    let setup = ApiProxy::start(echo_backend(), "handshake_timeout = \"500ms\"", "");
     let mut silent = TcpStream::connect(setup.addr).unwrap();
     let connected = Instant::now();
     // A slow client: the first record header of a ClientHello promising 512
@@ -343,12 +234,12 @@ fn silent_client_is_closed_at_handshake_timeout() {
         "slow client closed after {took:?}"
     );
 
-    setup.wait_metric(
+    setup.proxy.wait_metric(
         "portcullis_tls_handshakes_total",
         &["listener=\"api\"", "result=\"timeout\""],
         2.0,
     );
-    setup.wait_metric(
+    setup.proxy.wait_metric(
         "portcullis_tls_handshakes_total",
         &["listener=\"api\"", "result=\"success\""],
         1.0,
@@ -361,7 +252,7 @@ fn silent_client_is_closed_at_handshake_timeout() {
 
 #[test]
 fn garbage_client_hello_is_closed_and_proxy_keeps_serving() {
-    let setup = start(echo_backend(), "", "");
+    let setup = ApiProxy::start(echo_backend(), "", "");
 
     let mut garbage = pseudo_random(1024, 0xbad_c0de);
     // Not a TLS record content type (0x14..=0x18), so this is no TLS at all.
@@ -380,13 +271,13 @@ fn garbage_client_hello_is_closed_and_proxy_keeps_serving() {
 
     echo_roundtrip(setup.addr, setup.client.clone()).expect("legitimate client afterwards");
 
-    setup.wait_metric(
+    setup.proxy.wait_metric(
         "portcullis_connection_errors_total",
         &["listener=\"api\"", "reason=\"handshake_failed\""],
         2.0,
     );
     assert_eq!(
-        setup.metric(
+        setup.proxy.metric(
             "portcullis_tls_handshakes_total",
             &["listener=\"api\"", "result=\"success\""]
         ),
@@ -398,7 +289,7 @@ fn garbage_client_hello_is_closed_and_proxy_keeps_serving() {
 
 #[test]
 fn max_connections_closes_extra_connections_at_accept() {
-    let setup = start(echo_backend(), "max_connections = 2", "");
+    let setup = ApiProxy::start(echo_backend(), "max_connections = 2", "");
     let mut first = setup.admitted();
     let mut second = setup.admitted();
 
@@ -427,20 +318,18 @@ fn max_connections_closes_extra_connections_at_accept() {
     assert!(took < Duration::from_secs(2), "refusal took {took:?}");
 
     assert!(
-        setup.metric(
+        setup.proxy.metric(
             "portcullis_connection_errors_total",
             &["listener=\"api\"", "reason=\"max_connections\""]
         ) >= 1.0,
         "{}",
         setup.proxy.metrics()
     );
-    assert!(setup
-        .proxy
-        .wait_for_log("max_connections reached", Duration::from_secs(5)));
+    setup.proxy.expect_log("max_connections reached");
 
     // The two held connections are unaffected.
-    exchange(&mut first, b"still here");
-    exchange(&mut second, b"me too");
+    echo(&mut first, b"still here");
+    echo(&mut second, b"me too");
 
     // Release one cleanly; a new connection then gets in.
     first.conn.send_close_notify();
@@ -456,7 +345,7 @@ fn max_connections_closes_extra_connections_at_accept() {
         "no new connection after one was released\n{}",
         setup.proxy.logs()
     );
-    exchange(&mut second, b"and still");
+    echo(&mut second, b"and still");
 }
 
 // ---------------------------------------------------------- PROXY protocol
@@ -536,7 +425,7 @@ fn tlv(tlvs: &[(u8, Vec<u8>)], kind: u8) -> Option<&[u8]> {
 #[test]
 fn proxy_protocol_v2_header_precedes_the_payload() {
     let (backend, seen) = recording_backend(b"done");
-    let setup = start(backend, "proxy_protocol = \"v2\"", "");
+    let setup = ApiProxy::start(backend, "proxy_protocol = \"v2\"", "");
 
     let mut stream = tls_connect(setup.addr, "proxy.example.org", setup.client.clone())
         .expect("TLS handshake with the proxy");
@@ -594,19 +483,13 @@ fn proxy_protocol_v2_header_precedes_the_payload() {
 
 #[test]
 fn graceful_shutdown_drains_live_connection_then_exits_zero() {
-    let mut setup = start(echo_backend(), "", "[shutdown]\ndrain_timeout = \"10s\"\n");
+    let mut setup = ApiProxy::start(echo_backend(), "", "[shutdown]\ndrain_timeout = \"10s\"\n");
     let mut live = setup.admitted();
-    exchange(&mut live, b"mid-stream");
+    echo(&mut live, b"mid-stream");
 
     let signalled = Instant::now();
     setup.proxy.terminate();
-    assert!(
-        setup
-            .proxy
-            .wait_for_log("stopped accepting", Duration::from_secs(5)),
-        "{}",
-        setup.proxy.logs()
-    );
+    setup.proxy.expect_log("stopped accepting");
 
     // New connections: refused at connect, or closed at once.
     match TcpStream::connect_timeout(&setup.addr, Duration::from_secs(2)) {
@@ -622,8 +505,8 @@ fn graceful_shutdown_drains_live_connection_then_exits_zero() {
     );
 
     // The live connection keeps working after the signal.
-    exchange(&mut live, b"after the signal");
-    exchange(&mut live, &pseudo_random(64 * 1024, 7));
+    echo(&mut live, b"after the signal");
+    echo(&mut live, &pseudo_random(64 * 1024, 7));
     assert!(
         setup.proxy.child.try_wait().unwrap().is_none(),
         "exited while a connection was live"
@@ -634,25 +517,14 @@ fn graceful_shutdown_drains_live_connection_then_exits_zero() {
     live.flush().unwrap();
     let (_, end) = read_until_closed(&mut live);
     assert!(end.is_ok(), "{end:?}");
-    let (status, exited) = wait_exit(&mut setup.proxy, Duration::from_secs(10));
-    assert!(
-        status.success(),
-        "exit status {status}; log:\n{}",
-        setup.proxy.logs()
-    );
-    let took = exited - signalled;
-    assert!(
-        took < Duration::from_secs(8),
-        "exited {took:?} after SIGTERM"
-    );
-    let logs = setup.proxy.logs();
+    let logs = exits_zero_within(&mut setup.proxy, signalled, Duration::from_secs(8));
     assert!(!logs.contains("drain timeout passed"), "{logs}");
     assert!(logs.contains("shutdown complete"), "{logs}");
 }
 
 #[test]
 fn graceful_shutdown_closes_idle_connection_at_drain_timeout() {
-    let mut setup = start(echo_backend(), "", "[shutdown]\ndrain_timeout = \"1s\"\n");
+    let mut setup = ApiProxy::start(echo_backend(), "", "[shutdown]\ndrain_timeout = \"1s\"\n");
     let mut idle = setup.admitted();
 
     let signalled = Instant::now();
@@ -672,18 +544,7 @@ fn graceful_shutdown_closes_idle_connection_at_drain_timeout() {
         "closed {closed:?} after SIGTERM, before the drain timeout"
     );
 
-    let (status, exited) = wait_exit(&mut setup.proxy, Duration::from_secs(10));
-    assert!(
-        status.success(),
-        "exit status {status}; log:\n{}",
-        setup.proxy.logs()
-    );
-    let took = exited - signalled;
-    assert!(
-        took < Duration::from_secs(5),
-        "exited {took:?} after SIGTERM"
-    );
-    let logs = setup.proxy.logs();
+    let logs = exits_zero_within(&mut setup.proxy, signalled, Duration::from_secs(5));
     assert!(logs.contains("drain timeout passed"), "{logs}");
     assert!(logs.contains("close=cancelled"), "{logs}");
 }
@@ -692,7 +553,7 @@ fn graceful_shutdown_closes_idle_connection_at_drain_timeout() {
 
 #[test]
 fn idle_connection_is_closed_after_idle_timeout() {
-    let setup = start(echo_backend(), "idle_timeout = \"1s\"", "");
+    let setup = ApiProxy::start(echo_backend(), "idle_timeout = \"1s\"", "");
 
     // Admitted (the handshake finished) but never sends a byte.
     let mut silent = tls_connect(setup.addr, "proxy.example.org", setup.client.clone())
@@ -709,13 +570,7 @@ fn idle_connection_is_closed_after_idle_timeout() {
         took >= Duration::from_millis(900),
         "closed after {took:?}, before the idle timeout"
     );
-    assert!(
-        setup
-            .proxy
-            .wait_for_log("close=idle_timeout", Duration::from_secs(5)),
-        "{}",
-        setup.proxy.logs()
-    );
+    setup.proxy.expect_log("close=idle_timeout");
     let logs = setup.proxy.logs();
     let line = logs
         .lines()
@@ -727,15 +582,15 @@ fn idle_connection_is_closed_after_idle_timeout() {
 
 #[test]
 fn traffic_keeps_a_connection_past_the_idle_timeout() {
-    let setup = start(echo_backend(), "idle_timeout = \"1s\"", "");
+    let setup = ApiProxy::start(echo_backend(), "idle_timeout = \"1s\"", "");
     let mut busy = setup.admitted();
     // 2.5 s of traffic every 200 ms: never idle for the 1 s limit.
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(2500) {
-        exchange(&mut busy, b"tick");
+        echo(&mut busy, b"tick");
         std::thread::sleep(Duration::from_millis(200));
     }
-    exchange(&mut busy, b"still open");
+    echo(&mut busy, b"still open");
     assert!(!setup.proxy.logs().contains("close=idle_timeout"));
 }
 
@@ -743,12 +598,12 @@ fn traffic_keeps_a_connection_past_the_idle_timeout() {
 
 #[test]
 fn byte_and_connection_metrics_count_one_echo() {
-    let setup = start(echo_backend(), "", "");
+    let setup = ApiProxy::start(echo_backend(), "", "");
     let mut stream = tls_connect(setup.addr, "proxy.example.org", setup.client.clone())
         .expect("TLS handshake with the proxy");
-    exchange(&mut stream, &pseudo_random(10_000, 42));
+    echo(&mut stream, &pseudo_random(10_000, 42));
     assert_eq!(
-        setup.metric(
+        setup.proxy.metric(
             "portcullis_connections_open",
             &["listener=\"api\"", "direction=\"inbound\""]
         ),
@@ -760,7 +615,7 @@ fn byte_and_connection_metrics_count_one_echo() {
     assert!(end.is_ok() && rest.is_empty(), "{rest:?} {end:?}");
     drop(stream);
 
-    setup.wait_metric(
+    setup.proxy.wait_metric(
         "portcullis_connections_open",
         &["listener=\"api\"", "direction=\"inbound\""],
         0.0,
@@ -786,13 +641,7 @@ fn byte_and_connection_metrics_count_one_echo() {
         1.0,
         "{metrics}"
     );
-    assert!(
-        setup
-            .proxy
-            .wait_for_log("close=complete", Duration::from_secs(5)),
-        "{}",
-        setup.proxy.logs()
-    );
+    setup.proxy.expect_log("close=complete");
     let logs = setup.proxy.logs();
     assert!(logs.contains("bytes_up=10000"), "{logs}");
     assert!(logs.contains("bytes_down=10000"), "{logs}");

@@ -154,20 +154,10 @@ fn forward_puts_mtls_in_front_of_a_local_port() {
     let dev_dir = dir.path().join("dev");
     let (_dev, port) = start_dev(&dev_dir, &["--forward", &backend.to_string()]);
     let ca = std::fs::read_to_string(dev_dir.join("ca.crt")).unwrap();
-    let client = Issued {
-        chain_pem: std::fs::read_to_string(dev_dir.join("client.crt")).unwrap(),
-        cert_der: rustls::pki_types::CertificateDer::from(vec![]),
-        key_pem: String::new(),
-        key_der: rustls_pemfile::private_key(
-            &mut std::fs::read(dev_dir.join("client.key"))
-                .unwrap()
-                .as_slice(),
-        )
-        .unwrap()
-        .unwrap()
-        .secret_der()
-        .to_vec(),
-    };
+    let client = Issued::from_pem(
+        &std::fs::read_to_string(dev_dir.join("client.crt")).unwrap(),
+        &std::fs::read_to_string(dev_dir.join("client.key")).unwrap(),
+    );
     let mut stream = tls_connect(
         format!("127.0.0.1:{port}").parse().unwrap(),
         "localhost",

@@ -8,12 +8,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -28,36 +28,25 @@ const CLIENT_LIMIT: Duration = Duration::from_secs(20);
 /// `200 OK` with [`BODY`], then closes. Returns its address and a count of
 /// the connections it accepted.
 fn http_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            count.fetch_add(1, Ordering::SeqCst);
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let response = format!(
-                    "HTTP/1.0 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
-                    BODY.len()
-                );
-                let _ = stream.write_all(response.as_bytes());
-                let _ = stream.shutdown(std::net::Shutdown::Write);
-                // Drain until the proxy closes, so the close is orderly.
-                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
-            });
+    counting_backend(|mut stream| {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
         }
-    });
-    (addr, accepted)
+        let response = format!(
+            "HTTP/1.0 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        let _ = stream.write_all(response.as_bytes());
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        // Drain until the proxy closes, so the close is orderly.
+        while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+    })
 }
 
 /// Files a client presents: leaf certificate, key, and the intermediate.
@@ -84,13 +73,7 @@ struct Fixture {
 impl Fixture {
     fn new(extra_listener_config: &str) -> Fixture {
         let pki = Pki::new();
-        pki.issue_files(
-            "server",
-            &Leaf {
-                dns: vec![SERVER_NAME.into()],
-                ..Leaf::spiffe("ns/api/sa/server")
-            },
-        );
+        pki.issue_files("server", &server_leaf());
         std::fs::write(pki.path("intermediate.crt"), &pki.intermediate.cert_pem).unwrap();
         let frontend = client_files(&pki, "frontend", "ns/web/sa/frontend");
         let intruder = client_files(&pki, "intruder", "ns/web/sa/intruder");
@@ -118,27 +101,6 @@ impl Fixture {
 
     fn root(&self) -> PathBuf {
         self.pki.bundle()
-    }
-
-    /// Wait (up to 5 s) until `metric{labels}` reaches `want`; the proxy
-    /// counts a failed handshake just after it sends the alert, so a client
-    /// can exit a moment before the counter moves.
-    fn assert_metric(&self, metric: &str, labels: &[&str], want: f64) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let metrics = self.proxy.metrics();
-            let got = metric_value(&metrics, metric, labels);
-            if got == want {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{metric}{labels:?} = {got}, want {want}\n{metrics}\nlog:\n{}",
-                    self.proxy.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
     }
 
     fn assert_backend_untouched(&self, what: &Ran) {
@@ -346,12 +308,12 @@ fn allowed_gets_the_backend(tool: Tool, listener_extra: &str, tls12: bool) {
         assert_eq!(ran.stdout, BODY, "{ran}");
     }
     assert_eq!(fx.backend_connections.load(Ordering::SeqCst), 1);
-    fx.assert_metric(
+    fx.proxy.wait_metric(
         "portcullis_authz_decisions_total",
         &["listener=\"api\"", "decision=\"allow\""],
         1.0,
     );
-    fx.assert_metric(
+    fx.proxy.wait_metric(
         "portcullis_tls_handshakes_total",
         &["listener=\"api\"", "result=\"success\""],
         1.0,
@@ -372,29 +334,23 @@ fn denied_gets_nothing(tool: Tool, listener_extra: &str, tls12: bool) {
         ran.saw_alert("access denied"),
         "expected an access_denied alert\n{ran}"
     );
-    fx.assert_metric(
+    fx.proxy.wait_metric(
         "portcullis_authz_decisions_total",
         &["listener=\"api\"", "decision=\"deny\""],
         1.0,
     );
-    fx.assert_metric(
+    fx.proxy.wait_metric(
         "portcullis_authz_decisions_total",
         &["listener=\"api\"", "decision=\"allow\""],
         0.0,
     );
-    fx.assert_metric(
+    fx.proxy.wait_metric(
         "portcullis_tls_handshakes_total",
         &["listener=\"api\"", "result=\"access_denied\""],
         1.0,
     );
-    assert!(
-        fx.proxy.wait_for_log(
-            "spiffe://example.org/ns/web/sa/intruder",
-            Duration::from_secs(5)
-        ),
-        "{}",
-        fx.proxy.logs()
-    );
+    fx.proxy
+        .expect_log("spiffe://example.org/ns/web/sa/intruder");
     fx.assert_backend_untouched(&ran);
 }
 
@@ -415,12 +371,12 @@ fn no_cert_gets_nothing(tool: Tool, listener_extra: &str, tls12: bool) {
         ran.saw_alert("certificate required"),
         "expected a certificate_required alert\n{ran}"
     );
-    fx.assert_metric(
+    fx.proxy.wait_metric(
         "portcullis_tls_handshakes_total",
         &["listener=\"api\"", "result=\"no_client_cert\""],
         1.0,
     );
-    fx.assert_metric(
+    fx.proxy.wait_metric(
         "portcullis_authz_decisions_total",
         &["listener=\"api\""],
         0.0,
@@ -502,12 +458,12 @@ fn tls12_only_clients_are_refused_by_default() {
             ran.saw_alert("protocol version"),
             "expected a protocol_version alert\n{ran}"
         );
-        fx.assert_metric(
+        fx.proxy.wait_metric(
             "portcullis_tls_handshakes_total",
             &["listener=\"api\"", "result=\"incompatible\""],
             1.0,
         );
-        fx.assert_metric(
+        fx.proxy.wait_metric(
             "portcullis_authz_decisions_total",
             &["listener=\"api\""],
             0.0,

@@ -37,7 +37,7 @@ fn allowed_spiffe_id_passes_and_others_are_denied() {
         "expected access_denied alert, got {err}"
     );
 
-    assert!(proxy.wait_for_log("peer denied", std::time::Duration::from_secs(5)));
+    proxy.expect_log("peer denied");
     let logs = proxy.logs();
     assert!(
         logs.contains("spiffe://example.org/ns/web/sa/backend"),
@@ -234,11 +234,7 @@ fn two_uri_sans_are_not_a_spiffe_id() {
         ..Leaf::default()
     });
     assert!(echo_roundtrip(addr, client_config(Some(&two), &roots(&pki))).is_err());
-    assert!(
-        proxy.wait_for_log("peer has no SPIFFE ID", std::time::Duration::from_secs(5)),
-        "{}",
-        proxy.logs()
-    );
+    proxy.expect_log("peer has no SPIFFE ID");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,10 +62,7 @@ fn upstream_on(
     provider: rustls::crypto::CryptoProvider,
     pki: &Pki,
 ) -> (SocketAddr, mpsc::Receiver<Option<NamedGroup>>) {
-    let issued = pki.intermediate.issue(&Leaf {
-        dns: vec!["payments.pay.svc".into()],
-        ..Leaf::spiffe("ns/pay/sa/payments")
-    });
+    let issued = pki.intermediate.issue(&payments_leaf());
     let (chain, key) = issued.rustls_chain_and_key();
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -96,22 +93,12 @@ fn upstream_on(
 
 /// An outbound proxy dialing `upstream`; one plaintext echo through it.
 fn through_outbound(pki: &Pki, upstream: SocketAddr) -> Proxy {
-    pki.issue_files("frontend", &Leaf::spiffe("ns/web/sa/frontend"));
-    let config = format!(
-        "{}\n[[outbound]]\nname = \"payments\"\nlisten = \"127.0.0.1:0\"\n\
-         upstream = \"{upstream}\"\nserver_name = \"payments.pay.svc\"\n\
-         expect = {{ spiffe_id = \"spiffe://example.org/ns/pay/sa/payments\" }}\n",
-        pki.identity_toml("frontend")
+    let (proxy, addr) = frontend_outbound(
+        pki,
+        upstream,
+        "{ spiffe_id = \"spiffe://example.org/ns/pay/sa/payments\" }",
     );
-    let proxy = Proxy::start(pki.dir.path(), &config);
-    let mut plain = TcpStream::connect(proxy.outbound("payments")).unwrap();
-    plain
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    plain.write_all(b"ping").unwrap();
-    let mut echo = [0u8; 4];
-    plain.read_exact(&mut echo).unwrap();
-    assert_eq!(&echo, b"ping");
+    assert_eq!(plain_exchange(addr, b"ping").unwrap(), b"ping");
     proxy
 }
 

@@ -111,23 +111,6 @@ impl Bao {
     }
 }
 
-fn issued(cert: &str, key: &str) -> Issued {
-    let key_der = rustls_pemfile::private_key(&mut key.as_bytes())
-        .unwrap()
-        .unwrap()
-        .secret_der()
-        .to_vec();
-    Issued {
-        chain_pem: cert.to_string(),
-        cert_der: rustls_pemfile::certs(&mut cert.as_bytes())
-            .next()
-            .unwrap()
-            .unwrap(),
-        key_pem: key.to_string(),
-        key_der,
-    }
-}
-
 #[test]
 fn openbao_issued_certificates_work_through_the_files_source() {
     if !require_tool("bao") {
@@ -155,37 +138,26 @@ fn openbao_issued_certificates_work_through_the_files_source() {
     let addr = proxy.inbound("api");
 
     let (c, k, _) = bao.issue("spiffe://example.org/ns/web/sa/frontend", None);
-    let frontend = client_config(Some(&issued(&c, &k)), &root_pem);
+    let frontend = client_config(Some(&Issued::from_pem(&c, &k)), &root_pem);
     echo_roundtrip(addr, frontend.clone()).expect("OpenBao-issued client admitted");
 
     let (c, k, _) = bao.issue("spiffe://example.org/ns/web/sa/intruder", None);
-    let intruder = client_config(Some(&issued(&c, &k)), &root_pem);
+    let intruder = client_config(Some(&Issued::from_pem(&c, &k)), &root_pem);
     assert!(echo_roundtrip(addr, intruder).is_err());
 
     // The agent renews: the next handshake presents the new certificate.
-    let served = |config: &std::sync::Arc<rustls::ClientConfig>| {
-        let stream = tls_connect(addr, "proxy.example.org", config.clone()).unwrap();
-        let der = stream.conn.peer_certificates().unwrap()[0].clone();
-        portcullis::inspect::summarize_der(&der).unwrap().serial
-    };
+    let served = |config| served_serial(addr, "proxy.example.org", config).unwrap_or_default();
     let trim = |s: &str| s.trim_start_matches('0').to_string();
     assert_eq!(trim(&served(&frontend)), trim(&first_serial));
     let (cert, key, second_serial) = bao.issue(
         "spiffe://example.org/ns/api/sa/server",
         Some("proxy.example.org"),
     );
-    write_private(&path("tls.key.tmp"), &key);
-    std::fs::rename(path("tls.key.tmp"), path("tls.key")).unwrap();
-    std::fs::write(path("tls.crt.tmp"), &cert).unwrap();
-    std::fs::rename(path("tls.crt.tmp"), path("tls.crt")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while trim(&served(&frontend)) != trim(&second_serial) {
-        assert!(
-            Instant::now() < deadline,
-            "renewed cert not served:\n{}",
-            proxy.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    replace_atomically(&path("tls.key"), &key);
+    replace_atomically(&path("tls.crt"), &cert);
+    let renewed = wait_until(Duration::from_secs(10), || {
+        trim(&served(&frontend)) == trim(&second_serial)
+    });
+    assert!(renewed, "renewed cert not served:\n{}", proxy.logs());
     echo_roundtrip(addr, frontend).expect("still admitted after renewal");
 }

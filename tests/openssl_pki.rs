@@ -8,11 +8,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
@@ -274,6 +274,14 @@ impl OpensslPki {
         ]);
     }
 
+    /// A PKI with the server's certificate and the frontend's.
+    fn serving_the_frontend() -> OpensslPki {
+        let pki = OpensslPki::new();
+        pki.issue_server();
+        pki.issue_client("frontend", FRONTEND);
+        pki
+    }
+
     /// The proxy's own certificate: DNS and SPIFFE SANs, server+client EKU.
     fn issue_server(&self) {
         self.issue(
@@ -347,6 +355,32 @@ impl OpensslPki {
         (proxy, addr)
     }
 
+    /// The client `frontend` is admitted and the client `refused` is not,
+    /// through rustls and through `openssl s_client`: rustls's error says
+    /// `rustls_says`, s_client's output `openssl_says`.
+    fn admits_frontend_but_not(
+        &self,
+        addr: SocketAddr,
+        refused: &str,
+        rustls_says: &str,
+        openssl_says: &str,
+    ) {
+        echo_roundtrip(addr, self.rustls_client("frontend")).expect("allowed peer (rustls)");
+        let err = echo_roundtrip(addr, self.rustls_client(refused)).unwrap_err();
+        assert!(
+            err.to_lowercase().contains(rustls_says),
+            "{refused}: expected {rustls_says:?}, got {err}"
+        );
+
+        let (ok, stdout, stderr) = self.s_client(addr, "frontend");
+        assert!(ok, "s_client as frontend failed\n{stdout}\n{stderr}");
+        assert!(stdout.contains("ping-from-openssl"), "{stdout}\n{stderr}");
+        let (ok, stdout, stderr) = self.s_client(addr, refused);
+        assert!(!ok, "s_client as {refused} succeeded\n{stdout}\n{stderr}");
+        assert!(!stdout.contains("ping-from-openssl"), "{stdout}\n{stderr}");
+        assert!(stderr.contains(openssl_says), "{stderr}");
+    }
+
     /// A rustls client config presenting `name.crt` / `name.key` and
     /// trusting the openssl root.
     fn rustls_client(&self, name: &str) -> Arc<rustls::ClientConfig> {
@@ -397,50 +431,24 @@ impl OpensslPki {
 /// An echo backend that also closes the connection once it has echoed a
 /// newline, so a client that never half-closes (`s_client -quiet`) ends.
 fn line_echo_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
-                let mut buf = [0u8; 4096];
-                loop {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if stream.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                            if buf[..n].contains(&b'\n') {
-                                break;
-                            }
-                        }
+    backend(|mut stream| {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                    if buf[..n].contains(&b'\n') {
+                        break;
                     }
                 }
-                let _ = stream.shutdown(std::net::Shutdown::Write);
-            });
+            }
         }
-    });
-    addr
-}
-
-/// Poll `/metrics` until `metric{labels}` equals `want` (5 s at most).
-fn wait_metric(proxy: &Proxy, metric: &str, labels: &[&str], want: f64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let metrics = proxy.metrics();
-        let got = metric_value(&metrics, metric, labels);
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{metric}{labels:?} = {got}, want {want}\n{metrics}\nlog:\n{}",
-            proxy.logs()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    })
 }
 
 fn skip_without_openssl() -> bool {
@@ -452,37 +460,20 @@ fn openssl_made_pki_admits_allowed_and_denies_other_spiffe_ids() {
     if skip_without_openssl() {
         return;
     }
-    let pki = OpensslPki::new();
-    pki.issue_server();
-    pki.issue_client("frontend", FRONTEND);
+    let pki = OpensslPki::serving_the_frontend();
     pki.issue_client("intruder", INTRUDER);
     let key = std::fs::read_to_string(pki.path("server.key")).unwrap();
     assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
     let (proxy, addr) = pki.start_proxy("server.key", "");
 
-    echo_roundtrip(addr, pki.rustls_client("frontend")).expect("allowed peer (rustls)");
-    let err = echo_roundtrip(addr, pki.rustls_client("intruder")).unwrap_err();
-    assert!(
-        err.to_lowercase().contains("access"),
-        "expected access_denied, got {err}"
-    );
+    pki.admits_frontend_but_not(addr, "intruder", "access", "access denied");
 
-    let (ok, stdout, stderr) = pki.s_client(addr, "frontend");
-    assert!(ok, "s_client as frontend failed\n{stdout}\n{stderr}");
-    assert!(stdout.contains("ping-from-openssl"), "{stdout}\n{stderr}");
-    let (ok, stdout, stderr) = pki.s_client(addr, "intruder");
-    assert!(!ok, "s_client as intruder succeeded\n{stdout}\n{stderr}");
-    assert!(!stdout.contains("ping-from-openssl"), "{stdout}\n{stderr}");
-    assert!(stderr.contains("access denied"), "{stderr}");
-
-    wait_metric(
-        &proxy,
+    proxy.wait_metric(
         "portcullis_authz_decisions_total",
         &["listener=\"api\"", "decision=\"allow\""],
         2.0,
     );
-    wait_metric(
-        &proxy,
+    proxy.wait_metric(
         "portcullis_authz_decisions_total",
         &["listener=\"api\"", "decision=\"deny\""],
         2.0,
@@ -495,9 +486,7 @@ fn proxy_reads_a_sec1_ec_private_key() {
     if skip_without_openssl() {
         return;
     }
-    let pki = OpensslPki::new();
-    pki.issue_server();
-    pki.issue_client("frontend", FRONTEND);
+    let pki = OpensslPki::serving_the_frontend();
     let key = std::fs::read_to_string(pki.path("server.sec1.key")).unwrap();
     assert!(key.starts_with("-----BEGIN EC PRIVATE KEY-----"), "{key}");
     let (_proxy, addr) = pki.start_proxy("server.sec1.key", "");
@@ -515,9 +504,7 @@ fn crl_refuses_revoked_client(der: bool) {
     if skip_without_openssl() {
         return;
     }
-    let pki = OpensslPki::new();
-    pki.issue_server();
-    pki.issue_client("frontend", FRONTEND);
+    let pki = OpensslPki::serving_the_frontend();
     pki.issue_client("revoked", FRONTEND);
     pki.revoke_and_gencrl("revoked");
 
@@ -555,36 +542,20 @@ fn crl_refuses_revoked_client(der: bool) {
     let crls = format!("crls = [{:?}]\n", pki.path(crl_file));
     let (proxy, addr) = pki.start_proxy("server.key", &crls);
 
-    echo_roundtrip(addr, pki.rustls_client("frontend")).expect("unrevoked peer (rustls)");
-    let err = echo_roundtrip(addr, pki.rustls_client("revoked")).unwrap_err();
-    assert!(
-        err.to_lowercase().contains("revoked"),
-        "expected certificate_revoked, got {err}"
-    );
+    pki.admits_frontend_but_not(addr, "revoked", "revoked", "certificate revoked");
 
-    let (ok, stdout, stderr) = pki.s_client(addr, "frontend");
-    assert!(ok, "s_client as frontend failed\n{stdout}\n{stderr}");
-    assert!(stdout.contains("ping-from-openssl"), "{stdout}\n{stderr}");
-    let (ok, stdout, stderr) = pki.s_client(addr, "revoked");
-    assert!(!ok, "s_client as revoked succeeded\n{stdout}\n{stderr}");
-    assert!(!stdout.contains("ping-from-openssl"), "{stdout}\n{stderr}");
-    assert!(stderr.contains("certificate revoked"), "{stderr}");
-
-    wait_metric(
-        &proxy,
+    proxy.wait_metric(
         "portcullis_tls_handshakes_total",
         &["listener=\"api\"", "result=\"cert_revoked\""],
         2.0,
     );
-    wait_metric(
-        &proxy,
+    proxy.wait_metric(
         "portcullis_authz_decisions_total",
         &["listener=\"api\"", "decision=\"allow\""],
         2.0,
     );
     // A revoked certificate is refused before any policy decision.
-    wait_metric(
-        &proxy,
+    proxy.wait_metric(
         "portcullis_authz_decisions_total",
         &["listener=\"api\"", "decision=\"deny\""],
         0.0,

@@ -13,52 +13,26 @@ use common::*;
 /// An inbound proxy ("payments") in front of an echo backend, admitting
 /// the frontend's SPIFFE ID. Returns the proxy and its TLS address.
 fn upstream(pki: &Pki) -> (Proxy, SocketAddr) {
-    pki.issue_files(
-        "payments",
-        &Leaf {
-            dns: vec!["payments.pay.svc".into()],
-            ..Leaf::spiffe("ns/pay/sa/payments")
-        },
-    );
-    let backend = echo_backend();
+    pki.issue_files("payments", &payments_leaf());
     let config = format!(
-        "{}\n[[inbound]]\nname = \"payments\"\nlisten = \"127.0.0.1:0\"\nbackend = \"{backend}\"\n\
-         [[inbound.allow]]\nspiffe_id = \"spiffe://example.org/ns/web/*\"\n",
-        pki.identity_toml("payments")
+        "{}{}",
+        pki.identity_toml("payments"),
+        inbound_table("payments", echo_backend(), &allow_spiffe("ns/web/*"))
     );
     let proxy = Proxy::start(pki.dir.path(), &config);
     let addr = proxy.inbound("payments");
     (proxy, addr)
 }
 
-/// An outbound proxy ("frontend") dialing `upstream` and expecting `expect`.
-fn outbound(pki: &Pki, upstream: SocketAddr, expect: &str) -> (Proxy, SocketAddr) {
-    pki.issue_files("frontend", &Leaf::spiffe("ns/web/sa/frontend"));
-    let config = format!(
-        "{}\n[[outbound]]\nname = \"payments\"\nlisten = \"127.0.0.1:0\"\n\
-         upstream = \"{upstream}\"\nserver_name = \"payments.pay.svc\"\nexpect = {expect}\n",
-        pki.identity_toml("frontend")
-    );
-    let proxy = Proxy::start(pki.dir.path(), &config);
-    let addr = proxy.outbound("payments");
-    (proxy, addr)
-}
-
 fn plain_echo(addr: SocketAddr) -> std::io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(b"hello upstream")?;
-    stream.shutdown(std::net::Shutdown::Write)?;
-    let mut got = Vec::new();
-    stream.read_to_end(&mut got)?;
-    Ok(got)
+    plain_exchange(addr, b"hello upstream")
 }
 
 #[test]
 fn expected_spiffe_id_connects() {
     let pki = Pki::new();
     let (_up, up_addr) = upstream(&pki);
-    let (out, out_addr) = outbound(
+    let (out, out_addr) = frontend_outbound(
         &pki,
         up_addr,
         "{ spiffe_id = \"spiffe://example.org/ns/pay/sa/payments\" }",
@@ -79,7 +53,7 @@ fn expected_spiffe_id_connects() {
 fn expected_dns_name_connects() {
     let pki = Pki::new();
     let (_up, up_addr) = upstream(&pki);
-    let (_out, out_addr) = outbound(&pki, up_addr, "{ dns = \"payments.pay.svc\" }");
+    let (_out, out_addr) = frontend_outbound(&pki, up_addr, "{ dns = \"payments.pay.svc\" }");
     assert_eq!(plain_echo(out_addr).unwrap(), b"hello upstream");
 }
 
@@ -87,18 +61,14 @@ fn expected_dns_name_connects() {
 fn unexpected_upstream_identity_is_refused() {
     let pki = Pki::new();
     let (up, up_addr) = upstream(&pki);
-    let (out, out_addr) = outbound(
+    let (out, out_addr) = frontend_outbound(
         &pki,
         up_addr,
         "{ spiffe_id = \"spiffe://example.org/ns/pay/sa/ledger\" }",
     );
     let got = plain_echo(out_addr).unwrap_or_default();
     assert!(got.is_empty(), "no upstream data may flow, got {got:?}");
-    assert!(
-        out.wait_for_log("upstream identity not as expected", Duration::from_secs(5)),
-        "{}",
-        out.logs()
-    );
+    out.expect_log("upstream identity not as expected");
     assert!(out
         .logs()
         .contains("spiffe://example.org/ns/pay/sa/payments"));
@@ -129,7 +99,7 @@ fn upstream_from_another_ca_is_refused() {
     let pki = Pki::new();
     let other = Pki::named("Other");
     let (_up, up_addr) = upstream(&other);
-    let (out, out_addr) = outbound(
+    let (out, out_addr) = frontend_outbound(
         &pki,
         up_addr,
         "{ spiffe_id = \"spiffe://example.org/ns/pay/sa/payments\" }",
@@ -152,13 +122,13 @@ fn upstream_from_another_ca_is_refused() {
 fn upstream_down_closes_the_client() {
     let pki = Pki::new();
     let (_reserved, closed) = closed_port();
-    let (out, out_addr) = outbound(
+    let (out, out_addr) = frontend_outbound(
         &pki,
         closed,
         "{ spiffe_id = \"spiffe://example.org/ns/pay/sa/payments\" }",
     );
     assert!(plain_echo(out_addr).unwrap_or_default().is_empty());
-    assert!(out.wait_for_log("upstream unreachable", Duration::from_secs(5)));
+    out.expect_log("upstream unreachable");
     assert_eq!(
         metric_value(
             &out.metrics(),
@@ -191,7 +161,7 @@ fn chained_inbound_and_outbound_carry_100_mb_intact() {
     const CHUNK: usize = 64 * 1024;
     let pki = Pki::new();
     let (up, up_addr) = upstream(&pki);
-    let (out, out_addr) = outbound(
+    let (out, out_addr) = frontend_outbound(
         &pki,
         up_addr,
         "{ spiffe_id = \"spiffe://example.org/ns/pay/sa/payments\" }",

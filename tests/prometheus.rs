@@ -357,41 +357,6 @@ fn proxy_leaf(serial: u64) -> Leaf {
     }
 }
 
-/// Plaintext through an outbound listener: send `message`, half-close,
-/// read to the end.
-fn plain_exchange(addr: SocketAddr, message: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(message)?;
-    stream.shutdown(std::net::Shutdown::Write)?;
-    let mut got = Vec::new();
-    stream.read_to_end(&mut got)?;
-    Ok(got)
-}
-
-/// Read until the peer closes; Err when nothing happens within `timeout`.
-fn wait_closed(stream: &mut impl Read, timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 64];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if Instant::now() >= deadline {
-                    return Err(format!("still open after {timeout:?}"));
-                }
-            }
-            Err(_) => return Ok(()),
-        }
-    }
-}
-
 #[test]
 fn metrics_pass_promtool_and_count_exactly_the_traffic() {
     if !require_tool("promtool") {
@@ -471,15 +436,9 @@ fn metrics_pass_promtool_and_count_exactly_the_traffic() {
         Duration::from_secs(5),
         &mut report,
     );
+    // A connection over max_connections is closed at once.
     let mut refused = TcpStream::connect(proxy.inbound("tiny")).unwrap();
-    refused
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    assert_eq!(
-        wait_closed(&mut refused, Duration::from_secs(5)),
-        Ok(()),
-        "connection over max_connections not closed"
-    );
+    wait_raw_closed(&mut refused, Duration::from_secs(5));
     expect_values(
         &proxy,
         &[want(
@@ -695,9 +654,6 @@ fn metrics_pass_promtool_and_count_exactly_the_traffic() {
         Duration::from_secs(10),
         &mut report,
     );
-    live.sock
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
     report.check(
         wait_closed(&mut live, Duration::from_secs(5)).is_ok(),
         || "the connection of a peer no longer allowed stayed open".into(),
@@ -821,17 +777,14 @@ impl PrometheusServer {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("prometheus exited early ({status}); log:\n{}", self.logs());
-            }
-            if let Ok((200, _)) = http_get(self.addr, "/-/ready") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if !answers_200(
+            &mut self.child,
+            self.addr,
+            "/-/ready",
+            Duration::from_secs(30),
+        ) {
+            panic!("prometheus not ready in 30s; log:\n{}", self.logs());
         }
-        panic!("prometheus not ready in 30s; log:\n{}", self.logs());
     }
 
     /// `GET /api/v1/<what>?query=<query>`, parsed.

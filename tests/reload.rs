@@ -33,13 +33,7 @@ struct Setup {
 impl Setup {
     fn new() -> Setup {
         let pki = Pki::new();
-        pki.issue_files(
-            "server",
-            &Leaf {
-                dns: vec![SERVER_NAME.into()],
-                ..Leaf::spiffe("ns/api/sa/server")
-            },
-        );
+        pki.issue_files("server", &server_leaf());
         let client = |path: &str| {
             let issued = pki.intermediate.issue(&Leaf::spiffe(path));
             client_config(Some(&issued), &pki.root.cert_pem)
@@ -54,6 +48,17 @@ impl Setup {
 
     fn identity(&self) -> String {
         self.pki.identity_toml("server")
+    }
+
+    /// A whole config file, `[admin]` included, with listener `api` in
+    /// front of `backend` admitting the frontend and `allow`: for the tests
+    /// that lay out the file themselves.
+    fn file_config(&self, backend: SocketAddr, allow: &str) -> String {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}{}",
+            self.identity(),
+            inbound("api", backend, &[FRONTEND, allow], "")
+        )
     }
 }
 
@@ -81,28 +86,6 @@ fn drain_timeout(value: &str) -> String {
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// Minimal HTTP/1.0 POST without a body; returns (status, body).
-fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "POST {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// `POST /reload` on the admin port.
@@ -138,16 +121,14 @@ fn reload_reports(proxy: &Proxy, change: &str) -> String {
 }
 
 fn reloads(proxy: &Proxy, result: &str) -> f64 {
-    metric_value(
-        &proxy.metrics(),
+    proxy.metric(
         "portcullis_config_reloads_total",
         &[&format!("result=\"{result}\"")],
     )
 }
 
 fn last_success(proxy: &Proxy) -> f64 {
-    metric_value(
-        &proxy.metrics(),
+    proxy.metric(
         "portcullis_config_last_reload_success_timestamp_seconds",
         &[],
     )
@@ -163,48 +144,6 @@ fn open(addr: SocketAddr, client: &Arc<rustls::ClientConfig>) -> Client {
     let mut stream = tls_connect(addr, SERVER_NAME, client.clone()).expect("TLS handshake");
     echo(&mut stream, b"hello");
     stream
-}
-
-/// Write `data` and read exactly as many bytes back; they must match.
-fn exchange(stream: &mut Client, data: &[u8]) -> Result<(), String> {
-    stream.write_all(data).map_err(|e| format!("write: {e}"))?;
-    stream.flush().map_err(|e| format!("flush: {e}"))?;
-    let mut back = vec![0u8; data.len()];
-    stream
-        .read_exact(&mut back)
-        .map_err(|e| format!("read: {e}"))?;
-    if back == data {
-        Ok(())
-    } else {
-        Err(format!(
-            "echo differs: sent {:?}, got {:?}",
-            String::from_utf8_lossy(data),
-            String::from_utf8_lossy(&back)
-        ))
-    }
-}
-
-fn echo(stream: &mut Client, data: &[u8]) {
-    if let Err(e) = exchange(stream, data) {
-        panic!("live connection: {e}");
-    }
-}
-
-/// Wait until the proxy closes `stream` (EOF or an error other than the read
-/// timeout); returns how long that took, or an error if it stayed open for
-/// `limit` or sent data.
-fn wait_closed(stream: &mut Client, limit: Duration) -> Result<Duration, String> {
-    let started = Instant::now();
-    stream.sock.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = [0u8; 1024];
-    match stream.read(&mut buf) {
-        Ok(0) => Ok(started.elapsed()),
-        Ok(n) => Err(format!("unexpected {n} bytes from the proxy")),
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-            Err(format!("still open after {limit:?}"))
-        }
-        Err(_) => Ok(started.elapsed()),
-    }
 }
 
 /// Connecting to `addr` is refused (nothing listens there).
@@ -719,13 +658,7 @@ fn without_reauthorize_live_connections_survive_a_stricter_policy() {
 fn configmap_symlink_swap() {
     let setup = Setup::new();
     let backend = echo_backend();
-    let config = |allow: &str| {
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}{}",
-            setup.identity(),
-            inbound("api", backend, &[FRONTEND, allow], "")
-        )
-    };
+    let config = |allow: &str| setup.file_config(backend, allow);
     // The layout kubelet gives a mounted ConfigMap.
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -762,13 +695,7 @@ fn configmap_symlink_swap() {
 fn sighup_reloads() {
     let setup = Setup::new();
     let backend = echo_backend();
-    let config = |allow: &str| {
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}{}",
-            setup.identity(),
-            inbound("api", backend, &[FRONTEND, allow], "")
-        )
-    };
+    let config = |allow: &str| setup.file_config(backend, allow);
     // The proxy reads `watched/config.toml`, a symlink to a file in another
     // folder: the watcher sees no event for a change there, so only the
     // SIGHUP can apply it.

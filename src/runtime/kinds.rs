@@ -40,6 +40,17 @@ pub struct ListenerSpec<'a> {
     pub max_connections: usize,
 }
 
+impl<'a> ListenerSpec<'a> {
+    /// Name, address and connection limit.
+    pub fn new(name: &'a str, listen: SocketAddr, max_connections: usize) -> Self {
+        ListenerSpec {
+            name,
+            listen,
+            max_connections,
+        }
+    }
+}
+
 /// One kind of listener, implemented by its settings type (what a connection
 /// reads once, at accept).
 pub trait ListenerKind: Sized + Send + Sync + 'static {
@@ -94,24 +105,16 @@ impl ListenerKind for InboundSettings {
     }
 
     fn spec(entry: &InboundConfig) -> ListenerSpec<'_> {
-        ListenerSpec {
-            name: &entry.name,
-            listen: entry.listen,
-            max_connections: entry.max_connections,
-        }
+        ListenerSpec::new(&entry.name, entry.listen, entry.max_connections)
     }
 
     fn build(entry: &InboundConfig, store: &Arc<IdentityStore>) -> Result<Self, String> {
-        let joined = |errors: Vec<(String, String)>| {
-            errors
-                .iter()
-                .map(|(key, reason)| format!("{key}: {reason}"))
-                .collect::<Vec<_>>()
-                .join("; ")
+        let keyed = |errors: Vec<(String, String)>| {
+            joined(&errors, |(key, reason)| format!("{key}: {reason}"))
         };
         match entry.protocol {
             ListenerProtocol::Tcp => {
-                let authz = Arc::new(compile_authorizer(entry).map_err(joined)?);
+                let authz = Arc::new(compile_authorizer(entry).map_err(keyed)?);
                 let server =
                     tls::inbound_server_config(store, authz.clone(), entry.tls_min_version, &[])
                         .map_err(|e| e.to_string())?;
@@ -122,7 +125,7 @@ impl ListenerKind for InboundSettings {
                 ))
             }
             ListenerProtocol::Http => {
-                let authz = compile_http_authz(entry).map_err(joined)?;
+                let authz = compile_http_authz(entry).map_err(keyed)?;
                 let handshake = Arc::new(authz.handshake);
                 let server = tls::inbound_server_config(
                     store,
@@ -192,21 +195,12 @@ impl ListenerKind for OutboundSettings {
     }
 
     fn spec(entry: &OutboundConfig) -> ListenerSpec<'_> {
-        ListenerSpec {
-            name: &entry.name,
-            listen: entry.listen,
-            max_connections: entry.max_connections,
-        }
+        ListenerSpec::new(&entry.name, entry.listen, entry.max_connections)
     }
 
     fn build(entry: &OutboundConfig, store: &Arc<IdentityStore>) -> Result<Self, String> {
-        let expect = compile_rule(&entry.expect).map_err(|errors| {
-            errors
-                .iter()
-                .map(|e| format!("expect.{e}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
+        let expect = compile_rule(&entry.expect)
+            .map_err(|errors| joined(&errors, |e| format!("expect.{e}")))?;
         let client = tls::outbound_client_config(store, Arc::new(expect), entry.tls_min_version)
             .map_err(|e| e.to_string())?;
         OutboundSettings::new(entry, TlsConnector::from(client))
@@ -278,4 +272,9 @@ fn http_settings(
         protocol,
         store.clone(),
     ))
+}
+
+/// Every error, described and joined into one reason.
+fn joined<T>(errors: &[T], describe: impl Fn(&T) -> String) -> String {
+    errors.iter().map(describe).collect::<Vec<_>>().join("; ")
 }

@@ -1,6 +1,8 @@
-//! Shared test harness: a throwaway PKI made with rcgen, the real
-//! `portcullis` binary started on loopback ports, backends, and rustls
-//! clients. Every test talks to the proxy over real sockets.
+//! Shared test harness, the one place for what more than one test file
+//! needs: a throwaway PKI made with rcgen, the real `portcullis` binary
+//! started with every listener on port 0 (the real addresses come from its
+//! `--ready-file`), config snippets, backends, rustls clients, and waits.
+//! Every test talks to the proxy over real sockets.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -38,16 +40,7 @@ impl Ca {
     /// A self-signed root CA.
     pub fn root(cn: &str) -> Ca {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(cn);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.not_before = OffsetDateTime::now_utc() - TimeDuration::days(1);
-        params.not_after = OffsetDateTime::now_utc() + TimeDuration::days(365);
+        let params = ca_params(cn, BasicConstraints::Unconstrained, 365);
         let cert = params.self_signed(&key).unwrap();
         Ca {
             cert_pem: cert.pem(),
@@ -61,16 +54,7 @@ impl Ca {
     /// An intermediate CA signed by `self`.
     pub fn intermediate(&self, cn: &str) -> Ca {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(cn);
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.not_before = OffsetDateTime::now_utc() - TimeDuration::days(1);
-        params.not_after = OffsetDateTime::now_utc() + TimeDuration::days(180);
+        let params = ca_params(cn, BasicConstraints::Constrained(0), 180);
         let cert = params.signed_by(&key, &self.issuer()).unwrap();
         Ca {
             chain_pem: format!("{}{}", cert.pem(), self.chain_pem),
@@ -158,6 +142,22 @@ impl Ca {
     }
 }
 
+/// A CA certificate named `cn`, valid from a day ago for `days` days.
+fn ca_params(cn: &str, constraints: BasicConstraints, days: i64) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(cn);
+    params.is_ca = IsCa::Ca(constraints);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - TimeDuration::days(1);
+    params.not_after = now + TimeDuration::days(days);
+    params
+}
+
 fn dn(cn: &str) -> DistinguishedName {
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, cn);
@@ -213,6 +213,25 @@ pub struct Issued {
 }
 
 impl Issued {
+    /// A certificate chain (leaf first) and its private key, from PEM.
+    pub fn from_pem(chain_pem: &str, key_pem: &str) -> Issued {
+        let cert_der = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+            .next()
+            .expect("a certificate in the chain")
+            .unwrap();
+        let key_der = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .unwrap()
+            .expect("a private key")
+            .secret_der()
+            .to_vec();
+        Issued {
+            chain_pem: chain_pem.to_string(),
+            cert_der,
+            key_pem: key_pem.to_string(),
+            key_der,
+        }
+    }
+
     /// Write `name.crt` and `name.key` (0600) into `dir`; returns their paths.
     pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         let cert = dir.join(format!("{name}.crt"));
@@ -444,17 +463,13 @@ impl Proxy {
     pub fn launch_with(mut command: Command, config_path: &Path) -> Proxy {
         let ready_dir = tempfile::tempdir().unwrap();
         let ready_file = ready_dir.path().join("ready.json");
-        let mut child = command
-            .args(["run", "-c"])
-            .arg(config_path)
-            .arg("--ready-file")
-            .arg(&ready_file)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = collect_lines(child.stderr.take().unwrap());
+        let (mut child, log) = spawn_logged(
+            command
+                .args(["run", "-c"])
+                .arg(config_path)
+                .arg("--ready-file")
+                .arg(&ready_file),
+        );
         let deadline = Instant::now() + Duration::from_secs(15);
         let admin = loop {
             if let Ok(text) = std::fs::read_to_string(&ready_file) {
@@ -489,17 +504,14 @@ impl Proxy {
 
     /// Wait until `/readyz` answers 200.
     pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("portcullis exited early ({status}); log:\n{}", self.logs());
-            }
-            if let Ok((200, _)) = http_get(self.admin, "/readyz") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(30));
+        if !answers_200(
+            &mut self.child,
+            self.admin,
+            "/readyz",
+            Duration::from_secs(15),
+        ) {
+            panic!("portcullis not ready in 15s; log:\n{}", self.logs());
         }
-        panic!("portcullis not ready in 15s; log:\n{}", self.logs());
     }
 
     /// Where the proxy says its listeners are now: the ready file, which a
@@ -530,6 +542,14 @@ impl Proxy {
         self.log.lock().unwrap().clone()
     }
 
+    /// Wait (5 s at most) until the log contains `needle`; panics with the
+    /// log otherwise.
+    pub fn expect_log(&self, needle: &str) {
+        if !self.wait_for_log(needle, Duration::from_secs(5)) {
+            panic!("{needle:?} not logged in 5s; log:\n{}", self.logs());
+        }
+    }
+
     /// Wait until the log contains `needle` (true) or `timeout` passes (false).
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         wait_until(timeout, || self.logs().contains(needle))
@@ -537,6 +557,27 @@ impl Proxy {
 
     pub fn metrics(&self) -> String {
         http_get(self.admin, "/metrics").unwrap().1
+    }
+
+    /// The sum of `metric{labels}` now (see [`metric_value`]).
+    pub fn metric(&self, metric: &str, labels: &[&str]) -> f64 {
+        metric_value(&self.metrics(), metric, labels)
+    }
+
+    /// Wait until `metric{labels}` equals `want`; panics with the metrics
+    /// and the log after 10 s. (Waiting matters even after the client is
+    /// done: the proxy counts a failed handshake just after it sends the
+    /// alert, so a client can exit a moment before the counter moves.)
+    pub fn wait_metric(&self, metric: &str, labels: &[&str], want: f64) {
+        let timeout = Duration::from_secs(10);
+        if !wait_until(timeout, || self.metric(metric, labels) == want) {
+            panic!(
+                "{metric}{labels:?} = {}, never {want} in {timeout:?}\n{}\nlog:\n{}",
+                self.metric(metric, labels),
+                self.metrics(),
+                self.logs()
+            );
+        }
     }
 
     /// Send SIGTERM.
@@ -582,6 +623,33 @@ pub fn write_proxy_config(dir: &Path, config: &str) -> PathBuf {
     let path = dir.join(format!("portcullis-{}-{n}.toml", std::process::id()));
     std::fs::write(&path, format!("{ADMIN_ON_PORT_0}{config}")).unwrap();
     path
+}
+
+/// Run `portcullis ARGS` to the end; fails the test with its stderr
+/// unless it succeeds. Returns its stdout.
+pub fn portcullis_ok<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Vec<u8> {
+    let mut command = Command::new(binary());
+    command.args(args);
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Spawn `command` with `RUST_LOG=info`, stdout discarded and stderr
+/// collected line by line (see [`collect_lines`]).
+pub fn spawn_logged(command: &mut Command) -> (Child, Arc<Mutex<String>>) {
+    let mut child = command
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let log = collect_lines(child.stderr.take().unwrap());
+    (child, log)
 }
 
 /// Collect the lines of a child's output as they come, in a thread.
@@ -635,11 +703,34 @@ pub fn unsafe_kill(pid: u32, signal: &str) {
 
 /// Minimal HTTP/1.0 GET; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, Duration::from_secs(5))
+}
+
+/// Minimal HTTP/1.0 POST without a body (a reload may take a while, hence
+/// the longer wait); returns (status, body).
+pub fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "POST", path, Duration::from_secs(30))
+}
+
+fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    read_timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    stream.set_read_timeout(Some(read_timeout))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
+    Ok(parse_http_response(&response))
+}
+
+/// The status (0 when there is none) and body of an HTTP/1.x response.
+pub fn parse_http_response(response: &str) -> (u16, String) {
     let status = response
         .split(' ')
         .nth(1)
@@ -649,7 +740,15 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    Ok((status, body))
+    (status, body)
+}
+
+/// Poll `GET path` on `addr` until it answers 200 (true), or `child`
+/// exits or `timeout` passes (false).
+pub fn answers_200(child: &mut Child, addr: SocketAddr, path: &str, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        matches!(http_get(addr, path), Ok((200, _))) || matches!(child.try_wait(), Ok(Some(_)))
+    }) && matches!(child.try_wait(), Ok(None))
 }
 
 /// Sum of every sample of `metric` whose labels contain all `labels` (`k="v"` strings).
@@ -663,54 +762,267 @@ pub fn metric_value(metrics: &str, metric: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// A TCP echo backend on a free port, running in a thread per connection.
-/// Echoes until the client half-closes, then closes its write side.
-pub fn echo_backend() -> SocketAddr {
+/// A backend on a loopback port of its own (port 0) that runs `handle` in
+/// a thread of its own for every connection it accepts.
+pub fn backend(handle: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let handle = Arc::new(handle);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if stream.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = stream.shutdown(std::net::Shutdown::Write);
-            });
+            let Ok(stream) = stream else { continue };
+            let handle = handle.clone();
+            std::thread::spawn(move || handle(stream));
         }
     });
     addr
 }
 
+/// Echo what `stream` sends until it half-closes, then close the write
+/// side; returns how it ended (`eof`, or the read or write error).
+pub fn echo_until_eof(stream: &mut TcpStream) -> String {
+    let mut buf = vec![0u8; 64 * 1024];
+    let how = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break "eof".to_string(),
+            Ok(n) => {
+                if let Err(e) = stream.write_all(&buf[..n]) {
+                    break format!("write error: {e}");
+                }
+            }
+            Err(e) => break format!("read error: {e}"),
+        }
+    };
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    how
+}
+
+/// A TCP echo backend (see [`echo_until_eof`]).
+pub fn echo_backend() -> SocketAddr {
+    backend(|mut stream| {
+        echo_until_eof(&mut stream);
+    })
+}
+
 /// A backend that records everything it receives per connection and answers
 /// `reply` after the client half-closes.
 pub fn recording_backend(reply: &'static [u8]) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let sink = sink.clone();
-            std::thread::spawn(move || {
-                let mut got = Vec::new();
-                let _ = stream.read_to_end(&mut got);
-                sink.lock().unwrap().push(got);
-                let _ = stream.write_all(reply);
-                let _ = stream.shutdown(std::net::Shutdown::Write);
-            });
-        }
+    let addr = backend(move |mut stream| {
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got);
+        sink.lock().unwrap().push(got);
+        let _ = stream.write_all(reply);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
     });
     (addr, seen)
+}
+
+/// A backend that counts the connections it accepts and hands each to
+/// `handle`.
+pub fn counting_backend(
+    handle: impl Fn(TcpStream) + Send + Sync + 'static,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    let addr = backend(move |stream| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        handle(stream);
+    });
+    (addr, count)
+}
+
+/// Plaintext through an outbound listener: send `message`, half-close,
+/// read to the end.
+pub fn plain_exchange(addr: SocketAddr, message: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(message)?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got)?;
+    Ok(got)
+}
+
+/// Write `data` and read exactly as many bytes back; they must match.
+pub fn exchange(stream: &mut Client, data: &[u8]) -> Result<(), String> {
+    stream.write_all(data).map_err(|e| format!("write: {e}"))?;
+    stream.flush().map_err(|e| format!("flush: {e}"))?;
+    let mut back = vec![0u8; data.len()];
+    stream
+        .read_exact(&mut back)
+        .map_err(|e| format!("read: {e}"))?;
+    if back == data {
+        Ok(())
+    } else {
+        Err(format!(
+            "echo differs: sent {:?}, got {:?}",
+            String::from_utf8_lossy(data),
+            String::from_utf8_lossy(&back)
+        ))
+    }
+}
+
+/// [`exchange`], failing the test on any problem.
+pub fn echo(stream: &mut Client, data: &[u8]) {
+    if let Err(e) = exchange(stream, data) {
+        panic!("echo through the proxy: {e}");
+    }
+}
+
+/// A read that gave up because of the socket's read timeout: the peer never
+/// closed.
+pub fn is_read_timeout(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Read until EOF or an error; returns what was read and how it ended.
+pub fn read_until_closed(reader: &mut impl Read) -> (Vec<u8>, std::io::Result<()>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return (got, Ok(())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return (got, Err(e)),
+        }
+    }
+}
+
+/// Read a raw TCP stream until the proxy closes it (EOF or reset); panics
+/// when the read timeout (`limit`) passes first. Returns how long it took.
+pub fn wait_raw_closed(tcp: &mut TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    tcp.set_read_timeout(Some(limit)).unwrap();
+    let (_, end) = read_until_closed(tcp);
+    if let Err(e) = &end {
+        assert!(
+            !is_read_timeout(e),
+            "the proxy did not close the connection within {limit:?}"
+        );
+    }
+    started.elapsed()
+}
+
+/// Wait until the proxy closes `stream` (EOF or an error other than the read
+/// timeout); returns how long that took, or an error if it stayed open for
+/// `limit` or sent data.
+pub fn wait_closed(stream: &mut Client, limit: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    stream.sock.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 1024];
+    match stream.read(&mut buf) {
+        Ok(0) => Ok(started.elapsed()),
+        Ok(n) => Err(format!("unexpected {n} bytes from the proxy")),
+        Err(e) if is_read_timeout(&e) => Err(format!("still open after {limit:?}")),
+        Err(_) => Ok(started.elapsed()),
+    }
+}
+
+/// The serial (hex) of the certificate the server at `addr` presents now,
+/// or None when the handshake fails.
+pub fn served_serial(
+    addr: SocketAddr,
+    server_name: &str,
+    client: &Arc<rustls::ClientConfig>,
+) -> Option<String> {
+    let stream = tls_connect(addr, server_name, client.clone()).ok()?;
+    let der = stream.conn.peer_certificates()?.first()?.clone();
+    Some(portcullis::inspect::summarize_der(&der).ok()?.serial)
+}
+
+/// The SPIFFE ID of the frontend workload most tests admit.
+pub const FRONTEND_ID: &str = "spiffe://example.org/ns/web/sa/frontend";
+
+/// A client config presenting a frontend certificate of `pki` (SPIFFE ID
+/// [`FRONTEND_ID`], CN `frontend`).
+pub fn frontend_client(pki: &Pki) -> Arc<rustls::ClientConfig> {
+    let frontend = pki.intermediate.issue(&Leaf {
+        cn: Some("frontend".into()),
+        ..Leaf::spiffe("ns/web/sa/frontend")
+    });
+    client_config(Some(&frontend), &pki.root.cert_pem)
+}
+
+/// [`inbound_config`] whose listener `api` admits only the frontend.
+pub fn frontend_only_config(
+    pki: &Pki,
+    backend: SocketAddr,
+    listener_extra: &str,
+    global_extra: &str,
+) -> String {
+    let body = format!("{listener_extra}\n{}", allow_spiffe("ns/web/sa/frontend"));
+    inbound_config(pki, backend, global_extra, &body)
+}
+
+/// The payments workload's certificate: DNS `payments.pay.svc`, SPIFFE ID
+/// `ns/pay/sa/payments`.
+pub fn payments_leaf() -> Leaf {
+    Leaf {
+        dns: vec!["payments.pay.svc".into()],
+        ..Leaf::spiffe("ns/pay/sa/payments")
+    }
+}
+
+/// A proxy with the frontend's identity (`frontend.crt`, issued here) and
+/// one outbound listener `payments` dialing `upstream` as
+/// `payments.pay.svc` and expecting `expect` (an inline table). Returns it
+/// and where the listener is.
+pub fn frontend_outbound(pki: &Pki, upstream: SocketAddr, expect: &str) -> (Proxy, SocketAddr) {
+    pki.issue_files("frontend", &Leaf::spiffe("ns/web/sa/frontend"));
+    let config = format!(
+        "{}{}",
+        pki.identity_toml("frontend"),
+        outbound_table(
+            "payments",
+            upstream,
+            expect,
+            "server_name = \"payments.pay.svc\""
+        )
+    );
+    let proxy = Proxy::start(pki.dir.path(), &config);
+    let addr = proxy.outbound("payments");
+    (proxy, addr)
+}
+
+/// A running proxy with one inbound listener `api` admitting only the
+/// frontend, and a client config for the frontend.
+pub struct ApiProxy {
+    pub proxy: Proxy,
+    /// Where `api` is bound.
+    pub addr: SocketAddr,
+    pub client: Arc<rustls::ClientConfig>,
+    pub pki: Pki,
+}
+
+impl ApiProxy {
+    /// Start it in front of `backend`: `listener_extra` goes into the
+    /// `[[inbound]]` table, `global_extra` before it (e.g. `[shutdown]`).
+    pub fn start(backend: SocketAddr, listener_extra: &str, global_extra: &str) -> ApiProxy {
+        let pki = Pki::new();
+        let config = frontend_only_config(&pki, backend, listener_extra, global_extra);
+        let proxy = Proxy::start(pki.dir.path(), &config);
+        let addr = proxy.inbound("api");
+        ApiProxy {
+            proxy,
+            addr,
+            client: frontend_client(&pki),
+            pki,
+        }
+    }
+
+    /// An established, admitted connection: handshake plus one echo round trip.
+    pub fn admitted(&self) -> Client {
+        let mut stream = tls_connect(self.addr, "proxy.example.org", self.client.clone())
+            .expect("TLS handshake with the proxy");
+        echo(&mut stream, b"hello");
+        stream
+    }
 }
 
 /// A rustls client config presenting `client` (if any) and trusting `roots_pem`.
@@ -725,10 +1037,7 @@ pub fn client_config_on(
     roots_pem: &str,
 ) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(provider);
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut roots_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
+    let roots = root_store(roots_pem);
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -741,6 +1050,15 @@ pub fn client_config_on(
         None => builder.with_no_client_auth(),
     };
     Arc::new(config)
+}
+
+/// The certificates of `roots_pem` as trust anchors.
+fn root_store(roots_pem: &str) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut roots_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    roots
 }
 
 /// A blocking TLS client connection to the proxy.
@@ -854,10 +1172,7 @@ pub fn client_config_any_name(
         }
     }
     let base = client_config(client, roots_pem);
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut roots_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
+    let roots = root_store(roots_pem);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier =
         rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
