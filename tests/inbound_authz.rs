@@ -48,30 +48,22 @@ fn allowed_spiffe_id_passes_and_others_are_denied() {
         "{logs}"
     );
 
-    let metrics = proxy.metrics();
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "portcullis_authz_decisions_total",
-            &["listener=\"api\"", "decision=\"allow\""]
-        ),
-        1.0
+    // Waited for: the proxy counts a refused handshake just after the
+    // client has its alert.
+    proxy.wait_metric(
+        "portcullis_authz_decisions_total",
+        &["listener=\"api\"", "decision=\"allow\""],
+        1.0,
     );
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "portcullis_authz_decisions_total",
-            &["listener=\"api\"", "decision=\"deny\""]
-        ),
-        1.0
+    proxy.wait_metric(
+        "portcullis_authz_decisions_total",
+        &["listener=\"api\"", "decision=\"deny\""],
+        1.0,
     );
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "portcullis_tls_handshakes_total",
-            &["result=\"access_denied\""]
-        ),
-        1.0
+    proxy.wait_metric(
+        "portcullis_tls_handshakes_total",
+        &["result=\"access_denied\""],
+        1.0,
     );
 }
 
@@ -112,30 +104,21 @@ fn missing_untrusted_expired_and_future_certs_are_denied() {
     });
     assert!(echo_roundtrip(addr, client_config(Some(&future), &roots(&pki))).is_err());
 
-    let metrics = proxy.metrics();
     for result in [
         "no_client_cert",
         "unknown_ca",
         "cert_expired",
         "cert_not_yet_valid",
     ] {
-        assert_eq!(
-            metric_value(
-                &metrics,
-                "portcullis_tls_handshakes_total",
-                &[&format!("result=\"{result}\"")]
-            ),
+        proxy.wait_metric(
+            "portcullis_tls_handshakes_total",
+            &[&format!("result=\"{result}\"")],
             1.0,
-            "{result}\n{metrics}"
         );
     }
     // Nothing was authorized: no decision counted as allow.
     assert_eq!(
-        metric_value(
-            &metrics,
-            "portcullis_authz_decisions_total",
-            &["decision=\"allow\""]
-        ),
+        proxy.metric("portcullis_authz_decisions_total", &["decision=\"allow\""]),
         0.0
     );
 }
@@ -160,15 +143,10 @@ fn revoked_cert_is_denied_when_a_crl_is_configured() {
     let (proxy, addr) = proxy_with_rules(&pki, FRONTEND_ONLY, &crl_line);
     echo_roundtrip(addr, client_config(Some(&good), &roots(&pki))).expect("unrevoked peer");
     assert!(echo_roundtrip(addr, client_config(Some(&revoked), &roots(&pki))).is_err());
-    let metrics = proxy.metrics();
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "portcullis_tls_handshakes_total",
-            &["result=\"cert_revoked\""]
-        ),
+    proxy.wait_metric(
+        "portcullis_tls_handshakes_total",
+        &["result=\"cert_revoked\""],
         1.0,
-        "{metrics}"
     );
 }
 
