@@ -942,3 +942,33 @@ fn explain_agrees_with_the_running_listener_route_by_route() {
         assert_eq!(json["handshake_admits"], true);
     }
 }
+
+#[test]
+fn audit_mode_forwards_a_request_its_route_would_refuse() {
+    if !require_tool("curl") {
+        return;
+    }
+    let fx = Fixture::new(&format!("authz_mode = \"audit\"\n{ROUTES}"));
+    let (_, cert, key) = fx.client("frontend", &Leaf::spiffe(FRONTEND));
+    let (out, err) = fx.curl(&cert, &key, &["-X", "POST", "-d", "x"], "/admin/users");
+    assert!(
+        out.starts_with("POST /admin/users\n"),
+        "forwarded: {out}{err}"
+    );
+    assert_eq!(
+        fx.metric(
+            "portcullis_http_authz_decisions_total",
+            &["route=\"/admin/**\"", "decision=\"would_deny\""]
+        ),
+        1.0
+    );
+    assert!(fx.proxy.wait_for_log(
+        "request would be denied (authz_mode = \"audit\"); forwarded",
+        Duration::from_secs(5)
+    ));
+    // A peer no rule could allow is still admitted by the handshake in
+    // audit mode, and its requests are reported.
+    let (_, other, other_key) = fx.client("batch", &Leaf::spiffe("ns/batch/sa/report"));
+    let (out, _) = fx.curl(&other, &other_key, &[], "/api/a");
+    assert!(out.starts_with("GET /api/a\n"), "{out}");
+}

@@ -310,6 +310,11 @@ fn answer(
         hyper::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    // The access-log wrapper hides the body's size from hyper; say it, so
+    // the answer is not sent chunked.
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(text.len()));
     finish(connection, log, response)
 }
 
