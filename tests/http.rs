@@ -234,6 +234,19 @@ impl Fixture {
     fn metric(&self, metric: &str, labels: &[&str]) -> f64 {
         metric_value(&self.proxy.metrics(), metric, labels)
     }
+
+    /// `python3 -c script CA CERT KEY PORT`: the client scripts' arguments.
+    fn python(&self, script: &str, cert: &PathBuf, key: &PathBuf) -> Command {
+        let mut command = Command::new("python3");
+        command
+            .arg("-c")
+            .arg(script)
+            .arg(self.pki.bundle())
+            .arg(cert)
+            .arg(key)
+            .arg(self.addr.port().to_string());
+        command
+    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -405,17 +418,11 @@ fn spoofed_identity_headers_never_reach_the_backend() {
     ] {
         let fx = Fixture::new(&listener);
         let (issued, cert, key) = fx.client("frontend", &Leaf::spiffe(FRONTEND));
-        let mut command = Command::new("python3");
-        command
-            .arg("-c")
-            .arg(SPOOFER.replace(
-                "base_url=\"https://proxy.example.org:%s\" % port",
-                "base_url=\"https://127.0.0.1:%s\" % port",
-            ))
-            .arg(fx.pki.bundle())
-            .arg(&cert)
-            .arg(&key)
-            .arg(fx.addr.port().to_string());
+        let script = SPOOFER.replace(
+            "base_url=\"https://proxy.example.org:%s\" % port",
+            "base_url=\"https://127.0.0.1:%s\" % port",
+        );
+        let mut command = fx.python(&script, &cert, &key);
         let done = run_with_input(&mut command, b"", Duration::from_secs(60));
         assert!(
             done.status.success(),
@@ -618,14 +625,7 @@ with httpx.Client(transport=transport) as client:
 "#;
 
 fn run_routes(fx: &Fixture, cert: &PathBuf, key: &PathBuf) -> Vec<String> {
-    let mut command = Command::new("python3");
-    command
-        .arg("-c")
-        .arg(ROUTE_CLIENT)
-        .arg(fx.pki.bundle())
-        .arg(cert)
-        .arg(key)
-        .arg(fx.addr.port().to_string());
+    let mut command = fx.python(ROUTE_CLIENT, cert, key);
     let done = run_with_input(&mut command, b"", Duration::from_secs(60));
     assert!(done.status.success(), "{}\n{}", done.stdout, done.stderr);
     done.stdout.lines().map(str::to_string).collect()
@@ -852,15 +852,8 @@ fn reloading_routes_under_load_drops_no_connection() {
     }
     let fx = Fixture::new(ALL_HEADERS);
     let (_, cert, key) = fx.client("frontend", &Leaf::spiffe(FRONTEND));
-    let mut command = Command::new("python3");
-    command
-        .arg("-c")
-        .arg(LOAD)
-        .arg(fx.pki.bundle())
-        .arg(&cert)
-        .arg(&key)
-        .arg(fx.addr.port().to_string())
-        .arg("4");
+    let mut command = fx.python(LOAD, &cert, &key);
+    command.arg("4");
     let load =
         std::thread::spawn(move || run_with_input(&mut command, b"", Duration::from_secs(60)));
     std::thread::sleep(Duration::from_millis(1500));

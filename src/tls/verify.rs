@@ -105,21 +105,15 @@ impl InboundVerifier {
         let material = self.store.current();
         let identity = verified_identity(
             &self.verified,
-            material.trust_generation,
-            end_entity,
-            intermediates,
-            now,
-            self.authz.extension_oids(),
-            || {
-                verify_chain(
-                    &self.store,
-                    &material,
-                    end_entity,
-                    intermediates,
-                    now,
-                    webpki::KeyUsage::client_auth(),
-                )
+            &self.store,
+            &material,
+            Presented {
+                end_entity,
+                intermediates,
+                now,
             },
+            self.authz.extension_oids(),
+            webpki::KeyUsage::client_auth(),
         )?;
         let verdict = self.authz.authorize(&identity);
         Ok((identity, verdict))
@@ -219,21 +213,15 @@ impl ServerCertVerifier for OutboundVerifier {
         let material = self.store.current();
         let identity = verified_identity(
             &self.verified,
-            material.trust_generation,
-            end_entity,
-            intermediates,
-            now,
-            &[],
-            || {
-                verify_chain(
-                    &self.store,
-                    &material,
-                    end_entity,
-                    intermediates,
-                    now,
-                    webpki::KeyUsage::server_auth(),
-                )
+            &self.store,
+            &material,
+            Presented {
+                end_entity,
+                intermediates,
+                now,
             },
+            &[],
+            webpki::KeyUsage::server_auth(),
         )
         .map_err(|refusal| {
             record(|r| r.chain_error = Some(refusal.detail));
@@ -288,22 +276,33 @@ impl ServerCertVerifier for OutboundVerifier {
     }
 }
 
-/// The peer's identity from a chain that verifies: from the cache when this
-/// leaf verified before under the same trust material through intermediates
-/// the peer presents again (see [`ChainCache`]), else by running
-/// `verify_chain` (which returns the path's intermediates) and parsing the
-/// leaf. Every entry of the peer's list must be a certificate, cached or
-/// not. Why a chain failed, and what the cache did, are left in the
-/// handshake record.
+/// What a peer presented, and when.
+struct Presented<'a, 'b> {
+    end_entity: &'a CertificateDer<'b>,
+    intermediates: &'a [CertificateDer<'b>],
+    now: UnixTime,
+}
+
+/// The peer's identity from a chain that verifies for `usage`: from the
+/// cache when this leaf verified before under the same trust material
+/// through intermediates the peer presents again (see [`ChainCache`]), else
+/// by verifying the chain and parsing the leaf. Every entry of the peer's
+/// list must be a certificate, cached or not. What the cache did is left in
+/// the handshake record.
 fn verified_identity(
     cache: &ChainCache,
-    trust_generation: u64,
-    end_entity: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    now: UnixTime,
+    store: &IdentityStore,
+    material: &TlsMaterial,
+    presented: Presented<'_, '_>,
     extension_oids: &[String],
-    verify_chain: impl FnOnce() -> Result<Vec<CertificateDer<'static>>, TlsError>,
+    usage: webpki::KeyUsage,
 ) -> Result<Arc<PeerIdentity>, ChainRefusal> {
+    let Presented {
+        end_entity,
+        intermediates,
+        now,
+    } = presented;
+    let trust_generation = material.trust_generation;
     if let Err(detail) = check_presented(intermediates) {
         return Err(ChainRefusal {
             error: TlsError::InvalidCertificate(CertificateError::BadEncoding),
@@ -321,10 +320,13 @@ fn verified_identity(
         return Ok(identity);
     }
     record(|r| r.chain_cache = Some(CacheUse::default()));
-    let path = verify_chain().map_err(|error| ChainRefusal {
-        detail: error.to_string(),
-        error,
-    })?;
+    let path =
+        verify_chain(store, material, end_entity, intermediates, now, usage).map_err(|error| {
+            ChainRefusal {
+                detail: error.to_string(),
+                error,
+            }
+        })?;
     let identity =
         PeerIdentity::from_der(end_entity, extension_oids).map_err(|e| ChainRefusal {
             error: TlsError::InvalidCertificate(CertificateError::BadEncoding),
