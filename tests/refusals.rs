@@ -353,9 +353,11 @@ fn every_refusal_reaches_the_client() {
     let resets = tcp_ext_counter("TCPAbortOnData") - resets_before;
     assert_eq!(resets, 0, "the proxy reset {resets} connections");
 
-    // The frontend itself still gets through. (Measured after the counter:
-    // this test client drops its connection without close_notify, and that
-    // close is not what this test is about.)
+    // The frontend itself still gets through. (After the counter: this test
+    // client closes without close_notify while the proxy still passes the
+    // backend's EOF back as close_notify, and a closed socket that receives
+    // data answers with a reset that the kernel also counts as
+    // TCPAbortOnData. Normal half-close, nothing lost, and not a refusal.)
     echo_roundtrip(
         fx.addr,
         client_config(Some(&frontend.issued), &fx.pki.root.cert_pem),
