@@ -100,12 +100,14 @@ pub fn client_config(
     cert: &Path,
     key: &Path,
     tickets: Arc<TicketCounter>,
+    alpn: Vec<Vec<u8>>,
 ) -> Result<ClientConfig> {
     let mut config = ClientConfig::builder_with_provider(Arc::new(bench_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(ca)?)
         .with_client_auth_cert(load_certs(cert)?, load_key(key)?)?;
     config.resumption = Resumption::store(tickets);
+    config.alpn_protocols = alpn;
     Ok(config)
 }
 
@@ -120,6 +122,12 @@ pub struct Dialer {
 
 impl Dialer {
     pub fn new(args: &ClientArgs) -> Result<Dialer> {
+        Dialer::with_alpn(args, Vec::new())
+    }
+
+    /// A dialer that offers these ALPN protocols (TLS only; nothing is
+    /// offered when the list is empty).
+    pub fn with_alpn(args: &ClientArgs, alpn: Vec<Vec<u8>>) -> Result<Dialer> {
         let tickets = Arc::new(TicketCounter::default());
         let tls = if args.plain {
             None
@@ -127,7 +135,7 @@ impl Dialer {
             let (Some(ca), Some(cert), Some(key)) = (&args.ca, &args.cert, &args.key) else {
                 return Err("--ca, --cert and --key are required without --plain".into());
             };
-            let config = client_config(ca, cert, key, tickets.clone())?;
+            let config = client_config(ca, cert, key, tickets.clone(), alpn)?;
             let name = ServerName::try_from(args.server_name.clone())?;
             Some((TlsConnector::from(Arc::new(config)), name))
         };
@@ -166,6 +174,19 @@ impl Dialer {
                     .unwrap_or_default();
                 format!("{suite}/{group}")
             }
+        }
+    }
+
+    /// The ALPN protocol the server chose (`-` for none or plain TCP).
+    pub fn alpn(stream: &Stream) -> String {
+        match stream {
+            Stream::Plain(_) => "-".into(),
+            Stream::Tls(tls) => tls
+                .get_ref()
+                .1
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_else(|| "-".into()),
         }
     }
 }

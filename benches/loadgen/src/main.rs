@@ -15,6 +15,12 @@
 //!   the proxy's CPU time (utime+stime, /proc/PID/stat) and RSS
 //!   (/proc/PID/status) around its measurement window and reports the cost
 //!   per unit of work.
+//! - `http-backend`: the HTTP service behind the HTTP proxies: `200` with
+//!   a fixed-size body for every request (hyper; HTTP/1.1 keep-alive, h2c).
+//! - `http`: keep-alive GETs over HTTP/1.1 or HTTP/2 (ALPN) through an
+//!   mTLS HTTP proxy, N connections (HTTP/2: M streams each), closed loop
+//!   or paced at a fixed rate; requests per second, the proxy's CPU time
+//!   per request, latency.
 //! - `handshake-mem`: full mTLS handshakes pumped in memory between a rustls
 //!   client and server, to compare crypto providers (build with
 //!   `--no-default-features --features aws-lc-rs` for aws-lc-rs).
@@ -23,6 +29,7 @@
 
 mod backend;
 mod client;
+mod http;
 mod memhs;
 mod procfs;
 mod workloads;
@@ -96,6 +103,38 @@ enum Command {
         /// Seconds to wait after the last connection before reading RSS.
         #[arg(long, default_value_t = 2.0)]
         settle: f64,
+    },
+    /// HTTP backend: `200` with `--size` bytes for every request.
+    HttpBackend {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Response body size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
+    /// Keep-alive HTTP GETs, closed loop, on N connections (HTTP/2: M
+    /// concurrent streams on each).
+    Http {
+        #[command(flatten)]
+        common: ClientArgs,
+        /// HTTP/1.1 (ALPN http/1.1) or HTTP/2 (ALPN h2; h2c with --plain).
+        #[arg(long, value_enum, default_value_t = http::Proto::H1)]
+        proto: http::Proto,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Concurrent streams per HTTP/2 connection (HTTP/1.1: always 1).
+        #[arg(long, default_value_t = 16)]
+        streams: usize,
+        /// Path to GET.
+        #[arg(long, default_value = "/1k")]
+        path: String,
+        /// Unmeasured seconds of the same load first (after the connections are open).
+        #[arg(long, default_value_t = 0.5)]
+        warmup: f64,
+        /// Requests per second over all loops, paced (latency from when each
+        /// request was due); 0: closed loop, as fast as answers come.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
     },
     /// Full mTLS handshakes in memory (no sockets), to compare crypto providers.
     HandshakeMem {
@@ -174,6 +213,16 @@ fn main() {
                 concurrency,
                 settle,
             } => workloads::idle(common, connections, concurrency, settle).await,
+            Command::HttpBackend { listen, size } => http::backend(listen, size).await,
+            Command::Http {
+                common,
+                proto,
+                connections,
+                streams,
+                path,
+                warmup,
+                rate,
+            } => http::run(common, proto, connections, streams, path, warmup, rate).await,
             Command::HandshakeMem {
                 ca,
                 server_cert,

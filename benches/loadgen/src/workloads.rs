@@ -15,12 +15,12 @@ use crate::client::{Dialer, Stream};
 use crate::procfs::{rss_kib, Window};
 use crate::{ClientArgs, Result};
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // Nanoseconds, 1 ns .. 100 s, 3 significant digits.
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("histogram bounds")
 }
 
-fn quantiles_us(h: &Histogram<u64>, line: &mut String) {
+pub(crate) fn quantiles_us(h: &Histogram<u64>, line: &mut String) {
     for (name, q) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)] {
         let _ = write!(
             line,
