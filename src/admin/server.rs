@@ -24,6 +24,7 @@ use super::peers::PeerTable;
 use super::Metrics;
 use crate::runtime::reload::ReloadRequest;
 use crate::runtime::BoundAddresses;
+use crate::tls::linger::{close_failed_handshake, LingerGate, LingerLimits};
 use crate::tls::IdentityStore;
 
 /// What the admin endpoint reports on.
@@ -135,11 +136,9 @@ pub async fn serve(
                                 .map(|i| i.display_name())
                                 .unwrap_or_default();
                             tracing::warn!(listener = "admin", %peer, peer_identity = %who, %error, "admin client refused");
-                            if crate::tls::sent_fatal_alert(&error) {
-                                let gate = crate::tls::linger::LingerGate::default();
-                                let limits = crate::tls::linger::LingerLimits::DEFAULT;
-                                crate::tls::linger::close_after_alert(stream, limits, &gate).await;
-                            }
+                            let gate = LingerGate::default();
+                            let limits = LingerLimits::DEFAULT;
+                            close_failed_handshake(&error, stream, limits, &gate).await;
                         }
                         Err(_) => {
                             tracing::warn!(listener = "admin", %peer, "admin client refused: no TLS handshake within 10s");

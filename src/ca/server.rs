@@ -44,8 +44,7 @@ use super::provisioner::{Provisioner, Provisioners};
 use super::revocation::Revocations;
 use super::sign::{Code, Credentials, Refusal, Signer};
 use crate::config::{ConfigError, ConfigErrors};
-use crate::tls::linger::{close_after_alert, LingerGate, LingerLimits};
-use crate::tls::sent_fatal_alert;
+use crate::tls::linger::{close_failed_handshake, LingerGate, LingerLimits};
 
 /// Lifetime of the CA's own TLS certificate.
 const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -252,12 +251,10 @@ async fn serve(config: CaConfig, config_path: &Path) -> anyhow::Result<()> {
                 Ok(Ok(tls)) => tls,
                 Ok(Err((error, tcp))) => {
                     tracing::debug!(%peer, %error, "TLS handshake failed");
-                    if sent_fatal_alert(&error) {
-                        // The CA has no connection limit to protect, so
-                        // nothing ever sheds these.
-                        let gate = LingerGate::default();
-                        close_after_alert(tcp, LingerLimits::DEFAULT, &gate).await;
-                    }
+                    // The CA has no connection limit to protect, so
+                    // nothing ever sheds these.
+                    let gate = LingerGate::default();
+                    close_failed_handshake(&error, tcp, LingerLimits::DEFAULT, &gate).await;
                     return;
                 }
                 Err(_) => {

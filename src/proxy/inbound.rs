@@ -21,7 +21,7 @@ use crate::http::serve::Peer;
 use crate::http::HttpSettings;
 use crate::identity::Authorizer;
 use crate::tls::linger::LingerLimits;
-use crate::tls::{handshake_failure_reason, record_handshake, sent_fatal_alert, HandshakeRecord};
+use crate::tls::{handshake_failure_reason, record_handshake, HandshakeRecord};
 
 /// The settings of one inbound listener that a connection reads once, at accept.
 pub struct InboundSettings {
@@ -119,10 +119,8 @@ pub async fn handle(
         Ok(Err((error, socket))) => {
             let result = handshake_failure_reason(&error);
             handshake_failed(&ctx, name, peer, result, &error.to_string(), &record);
-            if sent_fatal_alert(&error) {
-                Box::pin(ctx.close_refused(socket, settings.linger, name, Direction::Inbound))
-                    .await;
-            }
+            let linger = settings.linger;
+            Box::pin(ctx.close_refused(&error, socket, linger, name, Direction::Inbound)).await;
             return;
         }
         Err(_) => {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::peers::PeerTable;
 use crate::admin::Metrics;
 use crate::identity::{Authorizer, PeerIdentity};
-use crate::tls::linger::{close_after_alert, LingerGate, LingerLimits};
+use crate::tls::linger::{close_failed_handshake, LingerGate, LingerLimits};
 use crate::tls::HandshakeRecord;
 
 /// Which way a listener carries traffic; used as the `direction` metric label.
@@ -84,11 +84,12 @@ impl ConnectionContext {
         }
     }
 
-    /// Close a connection on which we just sent a fatal TLS alert so that
-    /// the peer can read it (see [`crate::tls::linger`]), and count how the
-    /// lingering close ended.
+    /// Close the socket of a handshake that failed with `error`; when we
+    /// sent a fatal TLS alert, linger so the peer can read it (see
+    /// [`crate::tls::linger`]) and count how the lingering close ended.
     pub async fn close_refused<S>(
         &self,
+        error: &std::io::Error,
         socket: S,
         limits: LingerLimits,
         name: &str,
@@ -96,11 +97,12 @@ impl ConnectionContext {
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let end = close_after_alert(socket, limits, &self.linger).await;
-        self.metrics
-            .lingering_closes
-            .with_label_values(&[name, direction.as_str(), end.as_str()])
-            .inc();
+        if let Some(end) = close_failed_handshake(error, socket, limits, &self.linger).await {
+            self.metrics
+                .lingering_closes
+                .with_label_values(&[name, direction.as_str(), end.as_str()])
+                .inc();
+        }
     }
 }
 

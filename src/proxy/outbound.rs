@@ -17,7 +17,7 @@ use super::{verdicts, ConnectionContext, Direction};
 use crate::admin::metrics::reason;
 use crate::config::{split_host_port, OutboundConfig};
 use crate::tls::linger::LingerLimits;
-use crate::tls::{handshake_failure_reason, record_handshake, sent_fatal_alert};
+use crate::tls::{handshake_failure_reason, record_handshake};
 
 /// The settings of one outbound listener that a connection reads once, at accept.
 pub struct OutboundSettings {
@@ -145,10 +145,8 @@ pub async fn handle(
                 &identity,
                 &detail,
             );
-            if sent_fatal_alert(&error) {
-                Box::pin(ctx.close_refused(socket, settings.linger, name, Direction::Outbound))
-                    .await;
-            }
+            let linger = settings.linger;
+            Box::pin(ctx.close_refused(&error, socket, linger, name, Direction::Outbound)).await;
             return;
         }
         Err(_) => {

@@ -113,6 +113,30 @@ impl Drop for Lingering<'_> {
     }
 }
 
+/// Close the socket of a handshake that failed with `error`: when we sent
+/// a fatal alert (and not when the peer sent one, closed, or the socket
+/// failed), linger so the peer can read it ([`close_after_alert`]); else
+/// just drop it. `None` when there was no alert to linger for.
+pub async fn close_failed_handshake<S>(
+    error: &std::io::Error,
+    io: S,
+    limits: LingerLimits,
+    gate: &LingerGate,
+) -> Option<LingerEnd>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let sent_alert = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| !matches!(tls, rustls::Error::AlertReceived(_)));
+    if sent_alert {
+        Some(close_after_alert(io, limits, gate).await)
+    } else {
+        None
+    }
+}
+
 /// Close `io` after a fatal alert was written to it: flush, send FIN, read
 /// and discard until the peer closes or a limit is reached, then drop it.
 pub async fn close_after_alert<S>(mut io: S, limits: LingerLimits, gate: &LingerGate) -> LingerEnd

@@ -102,16 +102,6 @@ pub fn outbound_client_config(
     Ok(Arc::new(config))
 }
 
-/// True when a failed handshake ended with a fatal alert from us (and not
-/// with the peer's alert, a closed socket or an I/O error): then the peer
-/// should be given the time to read it ([`linger`]).
-pub fn sent_fatal_alert(error: &std::io::Error) -> bool {
-    error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|tls| !matches!(tls, rustls::Error::AlertReceived(_)))
-}
-
 /// A bounded label for why a TLS handshake failed, from the error that
 /// tokio-rustls returned (used for the `result` label and in logs). For a
 /// refused certificate it names the alert rustls sends for that error, so

@@ -105,3 +105,23 @@ async fn a_zero_time_limit_closes_at_once() {
     peer.read_to_end(&mut rest).await.unwrap();
     assert_eq!(gate.lingering(), 0);
 }
+
+#[tokio::test]
+async fn only_a_handshake_that_sent_an_alert_lingers() {
+    let gate = LingerGate::default();
+    let ours = std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        rustls::Error::NoCertificatesPresented,
+    );
+    let theirs = std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA),
+    );
+    let closed = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+    for (error, lingers) in [(ours, true), (theirs, false), (closed, false)] {
+        let (io, peer) = duplex(1024);
+        drop(peer);
+        let end = close_failed_handshake(&error, io, limits(1000, 1024), &gate).await;
+        assert_eq!(end.is_some(), lingers, "{error}");
+    }
+}
