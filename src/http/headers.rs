@@ -192,6 +192,29 @@ pub fn identity_values(
     IdentityValues { headers }
 }
 
+/// The forwarding headers of a connection from `ip`: portcullis is the
+/// first hop the application can trust, so the TCP peer of the mTLS
+/// connection is the caller (whatever the client claimed was removed by
+/// [`sanitize_request`]).
+pub fn forwarding_values(ip: std::net::IpAddr) -> Vec<(HeaderName, HeaderValue)> {
+    let forwarded = match ip {
+        std::net::IpAddr::V4(v4) => format!("for={v4};proto=https"),
+        std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=https"),
+    };
+    let mut headers = Vec::with_capacity(3);
+    if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
+        headers.push((HeaderName::from_static("x-forwarded-for"), value));
+    }
+    headers.push((
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("https"),
+    ));
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.push((HeaderName::from_static("forwarded"), value));
+    }
+    headers
+}
+
 /// The subject alternative names XFCC reports.
 #[derive(Debug, Default)]
 struct Sans {

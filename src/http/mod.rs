@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
+use hyper::http::uri::Authority;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -67,6 +68,8 @@ pub struct HttpSettings {
     pub limits: Limits,
     /// `host:port` of the backend.
     pub backend: String,
+    /// The same, parsed once for the URI of every backend request.
+    pub backend_authority: Authority,
     /// The pooled client to the backend.
     pub client: Client<HttpConnector, Body>,
     /// Our identity, for the `By` element of XFCC.
@@ -91,7 +94,9 @@ impl HttpSettings {
         backend: String,
         protocol: BackendProtocol,
         store: Arc<IdentityStore>,
-    ) -> Arc<HttpSettings> {
+    ) -> Result<Arc<HttpSettings>, String> {
+        let backend_authority = Authority::try_from(backend.as_str())
+            .map_err(|e| format!("backend {backend:?} is not host:port: {e}"))?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(limits.backend_timeout));
@@ -100,13 +105,14 @@ impl HttpSettings {
         if protocol == BackendProtocol::H2c {
             builder.http2_only(true);
         }
-        Arc::new(HttpSettings {
+        Ok(Arc::new(HttpSettings {
             routes,
             headers,
             limits,
             backend,
+            backend_authority,
             client: builder.build(connector),
             store,
-        })
+        }))
     }
 }

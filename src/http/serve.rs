@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, HOST, TRANSFER_ENCODING, UPGRADE};
+use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -36,7 +37,7 @@ pub struct Peer {
 struct Connection {
     listener: Arc<str>,
     peer: Peer,
-    peer_name: String,
+    peer_name: Arc<str>,
     settings: Arc<HttpSettings>,
     metrics: Metrics,
 }
@@ -58,7 +59,7 @@ where
     let limits = settings.limits;
     let connection = Arc::new(Connection {
         listener,
-        peer_name: peer.identity.display_name(),
+        peer_name: peer.identity.display_name().into(),
         peer,
         settings,
         metrics,
@@ -218,9 +219,13 @@ fn to_backend(
     let path = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    parts.uri = Uri::try_from(format!("http://{}{path}", settings.backend))
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(settings.backend_authority.clone())
+        .path_and_query(path)
+        .build()
         .map_err(|e| format!("cannot address the backend: {e}"))?;
     sanitize_request(&mut parts.headers, &settings.headers, upgrade);
     if !parts.headers.contains_key(HOST) {
@@ -230,22 +235,9 @@ fn to_backend(
             parts.headers.insert(HOST, host);
         }
     }
+    // Identity and forwarding headers, computed once per connection.
     for (name, value) in &connection.peer.values.headers {
         parts.headers.insert(name.clone(), value.clone());
-    }
-    let ip = connection.peer.addr.ip();
-    if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
-        parts.headers.insert("x-forwarded-for", value);
-    }
-    parts
-        .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("https"));
-    let forwarded = match ip {
-        std::net::IpAddr::V4(v4) => format!("for={v4};proto=https"),
-        std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=https"),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
-        parts.headers.insert("forwarded", value);
     }
     parts.version = Version::HTTP_11;
     Ok(Request::from_parts(parts, body.boxed()))
@@ -361,7 +353,7 @@ struct AccessLog {
     listener: Arc<str>,
     route: Arc<str>,
     peer: SocketAddr,
-    identity: String,
+    identity: Arc<str>,
     method: String,
     path: String,
     status: AtomicU64,

@@ -16,7 +16,7 @@ use super::proxy_protocol::{encode_v2, TlsPeerInfo};
 use super::{verdicts, ConnectionContext, Direction};
 use crate::admin::metrics::reason;
 use crate::config::{InboundConfig, ProxyProtocol};
-use crate::http::headers::identity_values;
+use crate::http::headers::{forwarding_values, identity_values};
 use crate::http::serve::Peer;
 use crate::http::HttpSettings;
 use crate::identity::Authorizer;
@@ -340,7 +340,8 @@ async fn serve_http(
         .map(|certs| certs.to_vec())
         .unwrap_or_default();
     let own = http.store.current();
-    let values = identity_values(&http.headers, &chain, own.certified_key.cert.first());
+    let mut values = identity_values(&http.headers, &chain, own.certified_key.cert.first());
+    values.headers.extend(forwarding_values(peer.ip()));
     // Registered so a reload with a stricter policy can close it.
     let close = ctx.force_close.child_token();
     let _live = ctx.live.register(identity.clone(), close.clone());

@@ -264,14 +264,14 @@ fn http_settings(
         crate::config::BackendProtocol::Http1 => BackendProtocol::Http1,
         crate::config::BackendProtocol::H2c => BackendProtocol::H2c,
     };
-    Ok(HttpSettings::new(
+    HttpSettings::new(
         Routes::new(compiled, Arc::new(listener)),
         headers,
         limits,
         entry.backend.clone(),
         protocol,
         store.clone(),
-    ))
+    )
 }
 
 /// Every error, described and joined into one reason.
